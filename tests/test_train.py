@@ -1,0 +1,308 @@
+"""The training core end to end on the embedded tiny model, with sizes that take seconds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.data import build_task
+from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.models import load_model_and_tokenizer
+from tic_grpo_cli.observe import read_jsonl
+from tic_grpo_cli.train import collect_rollout, policy_update, train
+
+SMALL = [
+    "trainer.max_steps=8",
+    "trainer.rollout_batch_size=4",
+    "trainer.group_size=4",
+    "trainer.minibatch_size=2",
+    "trainer.eval_every=4",
+    "trainer.eval_limit=16",
+    "trainer.save_every=4",
+    "trainer.log_every=2",
+    "trainer.log_samples_every=4",
+    "wandb.mode=disabled",
+    "hardware.num_threads=1",
+]
+# Keys whose values depend on wall-clock time, not on the computation.
+TIMING = ("time/", "throughput/")
+
+
+def make_cfg(*overrides: str):
+    register_configs()
+    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
+        return compose("train", overrides=[*SMALL, *overrides])
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def test_run_dir_contents_and_metric_keys(tmp_path):
+    summary = train(make_cfg(), tmp_path)
+    for name in ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_8"
+    assert (tmp_path / "checkpoints" / "step_8" / "model.safetensors").is_file()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    required = {
+        "step",
+        "epoch",
+        "reward/mean",
+        "reward/std",
+        "accuracy",
+        "loss",
+        "grad_norm",
+        "lr",
+        "clip_fraction",
+        "ratio/mean",
+        "ratio/max",
+        "completion_length/mean",
+        "frac_zero_std_groups",
+        "time/rollout_s",
+        "time/update_s",
+        "throughput/tokens_per_s",
+    }
+    assert required <= set(train_rows[0])
+    eval_steps = [r["step"] for r in rows if "eval/accuracy" in r]
+    assert eval_steps == [0, 4, 8]
+    # Before the first update of each rollout, old and current log-probs are the same pass.
+    assert all(
+        r["logprob_diff/train_vs_old_max"] < 1e-5
+        for r in train_rows
+        if "logprob_diff/train_vs_old_max" in r
+    )
+    assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(
+        summary, nan_ok=True
+    )
+    assert summary["steps"] == 8 and 0 <= summary["final/eval_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo"]
+)
+def test_every_algorithm_runs(tmp_path, algorithm):
+    summary = train(
+        make_cfg(
+            f"algorithm={algorithm}",
+            "trainer.max_steps=4",
+            "trainer.eval_every=0",
+            "trainer.save_every=0",
+        ),
+        tmp_path,
+    )
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert len(rows) == 4 and summary["nonfinite_total"] == 0
+    assert all(r["loss"] is not None and r["grad_norm"] is not None for r in rows)
+
+
+def test_kl_term_loads_a_reference_model(tmp_path):
+    train(
+        make_cfg("algorithm.kl_coef=0.1", "trainer.max_steps=2", "trainer.eval_every=0"), tmp_path
+    )
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert all("stats/kl" in r for r in rows)
+    assert rows[0]["stats/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at first
+
+
+def test_same_seed_same_metrics(tmp_path):
+    cfg = make_cfg("trainer.max_steps=4", "trainer.eval_every=2")
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    a, b = (deterministic(read_jsonl(tmp_path / d / "metrics.jsonl")) for d in ("a", "b"))
+    assert a == b
+
+
+class RecordingOptimizer(torch.optim.SGD):
+    """SGD that keeps a copy of the gradient it applies at every step."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.applied: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        self.applied.append(
+            [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
+        )
+        return super().step(closure)
+
+
+def no_is_gradient(model, rollout, rows, max_len):
+    """The paper's no-IS gradient written out here: -mean_i 1/|s_i| sum_t log pi * A_i."""
+    gen = rollout.gen
+    ids = torch.cat([gen.prompt_ids[rows], gen.completion_ids[rows]], dim=1)
+    attn = torch.cat([gen.prompt_mask[rows], gen.completion_mask[rows]], dim=1)
+    pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn.long(), position_ids=pos).logits.float()
+    p = gen.prompt_ids.shape[1]
+    logp = torch.log_softmax(logits[:, p - 1 : -1], -1)
+    token_logp = logp.gather(-1, gen.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
+    mask = gen.completion_mask[rows].float()
+    per_seq = (token_logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    loss = -(per_seq * rollout.advantages[rows]).mean()
+    model.zero_grad()
+    loss.backward()
+    return [q.grad.detach().clone() for q in model.parameters()]
+
+
+def test_grpo_no_is_applies_gradients_taken_at_theta_old():
+    # No gradient clipping, so the applied gradient is the raw one.
+    cfg = make_cfg("algorithm=grpo_no_is", "trainer.micro_batch_size=3", "trainer.max_grad_norm=0")
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, device=torch.device("cpu"), dtype=torch.float32
+    )
+    task = build_task(cfg.dataset, tokenizer)
+    examples = [task.train[i] for i in range(4)]
+    generator = torch.Generator().manual_seed(0)
+    # Rewards that vary inside groups, so advantages (and gradients) are not zero.
+    rollout = collect_rollout(model, tokenizer, task, examples, cfg, generator)
+    rollout.advantages = torch.linspace(-1.5, 1.5, len(rollout.advantages))
+    theta_old = copy.deepcopy(model)
+    frozen = copy.deepcopy(model)
+    optimizer = RecordingOptimizer(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    policy_update(model, frozen, None, optimizer, scheduler, rollout, cfg, generator)
+    assert len(optimizer.applied) == 2  # K = 4 prompts / 2 per minibatch
+    second = torch.arange(8, 16)  # minibatch 2 = prompts 2, 3 = rows 8..15
+    at_old = no_is_gradient(theta_old, rollout, second, cfg.trainer.max_completion_length)
+    # The updated parameters after step 1, where a naive implementation would evaluate.
+    after_first = copy.deepcopy(theta_old)
+    with torch.no_grad():
+        for p, g in zip(after_first.parameters(), optimizer.applied[0], strict=True):
+            p -= 0.5 * g
+    at_new = no_is_gradient(after_first, rollout, second, cfg.trainer.max_completion_length)
+    applied = optimizer.applied[1]
+    for got, old in zip(applied, at_old, strict=True):
+        # float32 sums in another order (micro-batches of 3 rows): ~1e-7 absolute.
+        torch.testing.assert_close(got, old, rtol=1e-4, atol=1e-6)
+    gap = max((a - n).abs().max().item() for a, n in zip(applied, at_new, strict=True))
+    assert gap > 1e-4, "the second minibatch's gradient must not be taken at the updated theta"
+
+
+def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
+    import tic_grpo_cli.train as train_module
+
+    real = train_module.compute_policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    cfg = make_cfg(
+        "trainer.max_steps=8",
+        "trainer.max_nonfinite_steps=3",
+        "trainer.save_every=2",
+        "trainer.eval_every=0",
+    )
+    monkeypatch.setattr(train_module, "compute_policy_loss", poisoned)
+    with pytest.raises(UserError, match="non-finite"):
+        train(cfg, tmp_path)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["nonfinite"] for r in rows] == [True] * len(rows) and len(rows) >= 3
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    overrides = [*SMALL, "trainer.max_steps=12", "trainer.save_every=4", "trainer.eval_every=4"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    base = [sys.executable, "-m", "tic_grpo_cli", "train", *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    subprocess.run(
+        [*base, f"hydra.run.dir={full}"], check=True, env=env, capture_output=True, timeout=300
+    )
+    proc = subprocess.Popen(
+        [*base, f"hydra.run.dir={killed}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoints" / "step_4").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "step_4").is_dir()
+    assert not (killed / "summary.json").exists()
+    subprocess.run(
+        [*base, f"hydra.run.dir={killed}", "resume=auto"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    a = deterministic(read_jsonl(full / "metrics.jsonl"))
+    b = deterministic(read_jsonl(killed / "metrics.jsonl"))
+    assert a == b
+
+
+def test_sigint_saves_a_checkpoint_and_exits_nonzero(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tic_grpo_cli",
+            "train",
+            *SMALL,
+            "trainer.max_steps=100000",
+            "trainer.save_every=0",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        "loss" in r for r in read_jsonl(tmp_path / "metrics.jsonl")
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "resume" in err and "Traceback" not in err
+    assert (tmp_path / "checkpoints" / "latest").is_file()
+
+
+def test_resume_rejects_a_checkpoint_of_another_algorithm(tmp_path):
+    train(make_cfg("trainer.max_steps=2", "trainer.eval_every=0"), tmp_path)
+    with pytest.raises(UserError, match=r"algorithm\.name"):
+        train(make_cfg("algorithm=grpo", f"resume={tmp_path}"), tmp_path / "other")
+
+
+def test_missing_resume_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        train(make_cfg(f"resume={tmp_path / 'nope'}"), tmp_path)
+
+
+def test_wandb_offline_run_holds_the_logged_keys(tmp_path):
+    from wandb_records import history_keys
+
+    train(make_cfg("wandb.mode=offline", "trainer.max_steps=2", "trainer.eval_every=0"), tmp_path)
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    assert {"reward/mean", "loss", "clip_fraction", "ratio/max"} <= history_keys(files[0])
+
+
+def test_checkpoint_dir_reloads_as_a_plain_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train(make_cfg("trainer.max_steps=2", "trainer.eval_every=0"), tmp_path)
+    path = Path(tmp_path / "checkpoints" / "step_2")
+    assert AutoModelForCausalLM.from_pretrained(path) is not None
+    assert AutoTokenizer.from_pretrained(path).pad_token is not None

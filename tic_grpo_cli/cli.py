@@ -1,0 +1,255 @@
+"""`tic-grpo SUBCOMMAND [hydra overrides]`: hands the rest of the line to that subcommand's
+Hydra app. Each app is a thin `@hydra.main` wrapper around a pure function in its module;
+heavy imports (torch, transformers) happen inside those functions so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from tic_grpo_cli.config import register_configs, validate_eval, validate_train
+from tic_grpo_cli.errors import UserError
+
+CONFIG_PATH = "pkg://tic_grpo_cli.conf"
+SUBCOMMANDS = {
+    "train": "fine-tune a model with RL (one run; -m for a multirun)",
+    "eval": "evaluate a checkpoint, a training run or a base model",
+    "sweep": "run a grid of training runs and summarise them (table, CSV, plot)",
+    "analyze": "exact analyses, e.g. `tic-grpo analyze gradient-bias`",
+}
+log = logging.getLogger("tic_grpo")
+
+register_configs()
+
+
+def _fail(message: str) -> None:
+    """One line on stderr and exit 2: bad input is not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _guarded(fn: Callable[[], Any]) -> Any:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return fn()
+    try:
+        return fn()
+    except UserError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one training job. In a multirun a failed job is recorded, not fatal to the others,
+    and a job that already finished (its summary.json exists) is skipped."""
+    _guarded(lambda: validate_train(cfg))  # before torch, models or data load
+    from tic_grpo_cli import distributed, sweep
+    from tic_grpo_cli.train import train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = partial(train, cfg, run_dir)
+    if distributed.needs_launch(cfg.hardware):
+        # `tic-grpo train hardware=ddp|fsdp` outside torchrun: start the ranks, each composing
+        # this same job into this run dir, and return what rank 0 wrote.
+        run = partial(distributed.launch, cfg.hardware.nproc_per_node, _rank_argv(run_dir), run_dir)
+    if not _is_multirun():
+        return _guarded(run)
+    finished = sweep.finished_summary(run_dir)
+    if finished is not None and cfg.sweep.skip_finished:
+        log.info("skipping finished job %s (delete its summary.json to re-run)", run_dir)
+        return finished
+    try:
+        return run()
+    except Exception as err:
+        sweep.record_failure(run_dir, err)
+        log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, run_dir)
+        return None
+
+
+def _rank_argv(run_dir: Path) -> list[str]:
+    """The command line of one rank: this job's config and overrides, in this run dir (whose
+    .hydra/ this process wrote already)."""
+    hydra_cfg = HydraConfig.get()
+    return [
+        "-m",
+        "tic_grpo_cli",
+        "train",
+        "--config-name",
+        hydra_cfg.job.config_name,
+        *hydra_cfg.overrides.task,
+        f"hydra.run.dir={run_dir}",
+        "hydra.output_subdir=null",
+    ]
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def train_app(cfg: DictConfig) -> float | None:
+    summary = _run_training_job(cfg)
+    # Returned so an Optuna sweeper can maximise it.
+    return None if summary is None else summary.get("final/eval_accuracy")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sweep")
+def sweep_app(cfg: DictConfig) -> float | None:
+    if cfg.aggregate:
+        from tic_grpo_cli.sweep import summarize
+
+        _guarded(lambda: summarize(Path(cfg.aggregate), threshold=cfg.sweep.threshold))
+        return None
+    summary = _run_training_job(cfg)
+    return None if summary is None else summary.get("final/eval_accuracy")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def eval_app(cfg: DictConfig) -> None:
+    _guarded(lambda: validate_eval(cfg))
+    from tic_grpo_cli.evaluate import evaluate
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _guarded(lambda: evaluate(cfg, run_dir))
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        "usage: tic-grpo SUBCOMMAND [hydra overrides ...]",
+        "",
+        "RL fine-tuning of language models: TIC-GRPO, GRPO and their ablations.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()),
+        "",
+        "`tic-grpo SUBCOMMAND --help` lists its config groups and options.",
+        "examples:",
+        "  tic-grpo train algorithm=tic",
+        "  tic-grpo train --cfg job algorithm=grpo model=tiny",
+        "  tic-grpo sweep algorithm=grpo,tic seed=0,1,2",
+        "  tic-grpo eval checkpoint=outputs/train/<date>/<time>",
+    ]
+    return "\n".join(lines)
+
+
+_NO_PRECHECK = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--multirun",
+    "-m",
+    "--version",
+}
+_SWEEP_SYNTAX = re.compile(r"^[^=]*=.*(,|range\(|choice\(|interval\(|glob\()")
+
+
+def _precheck(config_name: str, args: list[str]) -> None:
+    """Compose the config once before Hydra does, to turn its multi-line composition errors
+    into one line naming the override at fault. Skipped for sweeps and Hydra's own flags,
+    where Hydra's messages stand."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or _NO_PRECHECK & set(args):
+        return
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--cfg", "-c", "--package", "-p"):
+            skip = True
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+            overrides.append(arg)
+    if any(_SWEEP_SYNTAX.match(a) for a in overrides):
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except MissingConfigException as err:
+        group = str(err).split("Could not find '", 1)[-1].split("/", 1)[0]
+        choice = next((a for a in overrides if a.lstrip("+").split("=")[0] == group), group)
+        _fail(f"{choice}: no such option; allowed: {', '.join(err.options or [])}")
+    except HydraException as err:
+        cause = err.__cause__
+        key = getattr(cause, "full_key", None)
+        detail = getattr(cause, "msg", None) or str(err).splitlines()[0]
+        hint = ""
+        if "not in" in str(detail) or "Could not override" in str(err):
+            hint = f" (unknown key; check the spelling, or add a new key with +{key}=...)"
+        _fail(f"{key or 'override'}: {str(detail).splitlines()[0]}{hint}")
+
+
+def _eval_argv(args: list[str]) -> list[str]:
+    # `checkpoint=<path>` is the natural spelling, but `checkpoint` is a node with `all` beside
+    # `path`; map the short form onto the path key.
+    return [
+        f"checkpoint.path={a.split('=', 1)[1]}" if a.startswith("checkpoint=") else a for a in args
+    ]
+
+
+def _sweep_argv(args: list[str]) -> list[str]:
+    target = next((a.split("=", 1)[1] for a in args if a.startswith("aggregate=")), None)
+    if target is not None:
+        # Summarising writes into the sweep dir itself, not a new timestamped run dir.
+        return [
+            *args,
+            f"hydra.run.dir={target}",
+            "hydra.output_subdir=null",
+            "hydra.job.name=aggregate",
+        ]
+    if {"-m", "--multirun"} & set(args):
+        return args
+    return ["--multirun", *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(
+            f"error: unknown subcommand {command!r}; choose one of: {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if command == "analyze":
+        from tic_grpo_cli.analysis import main as analyze_main
+
+        return analyze_main(rest)
+    apps = {
+        "train": (train_app, rest),
+        "eval": (eval_app, _eval_argv(rest)),
+        "sweep": (sweep_app, _sweep_argv(rest)),
+    }
+    app, app_args = apps[command]
+    _precheck({"train": "train", "eval": "eval", "sweep": "sweep"}[command], app_args)
+    # Hydra parses sys.argv itself; the program name keeps the subcommand so that help and
+    # error messages show the command the user typed.
+    sys.argv = [f"tic-grpo {command}", *app_args]
+    app()
+    return 0

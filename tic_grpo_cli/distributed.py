@@ -1,0 +1,423 @@
+"""Several processes, one per device: torch.distributed set-up and the collectives the loop needs.
+
+`hardware=ddp` and `hardware=fsdp` run one process (rank) per device, started by torchrun or
+by `tic-grpo train` itself (`launch`). Data parallelism is written out rather than hidden in
+a DistributedDataParallel wrapper, because the trainer needs to control it:
+
+- every rank draws the same global batch of prompts and keeps its share (whole groups, so
+  group advantages need no communication);
+- micro-batch losses are weighted by the global minibatch total divided by the world size,
+  so *averaging* gradients over ranks gives exactly the single-process gradient, also for
+  token-level aggregation where ranks hold different numbers of tokens;
+- `average_gradients` runs once per optimizer step, after the last micro-batch and after
+  grpo_no_is has copied its gradients from the frozen model (DDP would reduce the frozen
+  model's gradients at the wrong time); under FSDP the shards are averaged during backward;
+- loss, stats and rollout metrics are reduced so that every rank holds the global values
+  (ranks must agree on skipping a non-finite update); only rank 0 writes the run dir.
+
+`Dist` is the handle train.py holds. With `hardware.distributed=none` (or one process) every
+method returns its input: the single-process path runs the code it always ran.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tic_grpo_cli import checkpoint as ckpt
+from tic_grpo_cli.errors import UserError
+
+log = logging.getLogger("tic_grpo")
+
+# Rank 0 evaluates and writes checkpoints alone while the others wait in a collective; the
+# default timeouts (10 min NCCL, 30 min gloo) would turn a long evaluation into a crash.
+TIMEOUT = timedelta(hours=2)
+# Gradients are all-reduced in flat buckets of this many elements: few calls, bounded memory.
+BUCKET_NUMEL = 1 << 25
+# Under FSDP, a checkpoint's optimizer state is saved sharded (torch.distributed.checkpoint).
+OPTIMIZER_DIR = "optimizer"
+# torchrun sets these; without them there is no process group to join.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# How long `launch` lets interrupted ranks finish their rollout and checkpoint.
+SHUTDOWN_SECONDS = 600
+# Stats reduced by max (or min) over ranks rather than averaged, as train.merge_stats does.
+EXTREMES = ("_max", "/max", "_min", "/min")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the ranks, and the collectives, as no-ops for one process."""
+
+    mode: str = "none"  # none | ddp | fsdp
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    # Where collective buffers live: the GPU for nccl, the CPU for gloo.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    # ---------------------------------------------------------------- batch sharding
+
+    def share(self, count: int, key: str) -> int:
+        """This rank's part of `count` prompts; they must split evenly so every rank takes the
+        same number of optimizer steps and the global minibatches stay whole."""
+        if count % self.world_size:
+            raise UserError(
+                f"{key}={count} must be divisible by the number of processes ({self.world_size})"
+            )
+        return count // self.world_size
+
+    # ---------------------------------------------------------------- collectives
+
+    def average(self, value: float) -> float:
+        if not self.active:
+            return value
+        return self._all_reduce([value], torch.distributed.ReduceOp.SUM)[0] / self.world_size
+
+    def max(self, value: float) -> float:
+        if not self.active:
+            return value
+        return self._all_reduce([value], torch.distributed.ReduceOp.MAX)[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on one: ranks must stop at the same step."""
+        return bool(self.max(float(flag)))
+
+    def average_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """Global values of per-rank stats: `*_max` keys take the max, `*_min` the min, the
+        rest (means weighted as the loss is) the average. Every rank must hold the same keys."""
+        if not self.active:
+            return stats
+        keys = sorted(stats)  # the same order on every rank
+        means = [k for k in keys if not k.endswith(EXTREMES)]
+        extremes = [k for k in keys if k.endswith(EXTREMES)]
+        # min(x) = -max(-x): one MAX reduction serves both kinds of extreme.
+        sign = {k: -1.0 if k.endswith(("_min", "/min")) else 1.0 for k in extremes}
+        totals = self._all_reduce([stats[k] for k in means], torch.distributed.ReduceOp.SUM)
+        peaks = self._all_reduce(
+            [sign[k] * stats[k] for k in extremes], torch.distributed.ReduceOp.MAX
+        )
+        out = {k: v / self.world_size for k, v in zip(means, totals, strict=True)}
+        out |= {k: sign[k] * v for k, v in zip(extremes, peaks, strict=True)}
+        return {k: out[k] for k in stats}
+
+    def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """DDP: average every gradient over the ranks, in place. FSDP reduced its shards
+        during backward already."""
+        if self.mode != "ddp" or not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        for bucket in _buckets(grads, BUCKET_NUMEL):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                g.copy_(part.view_as(g))
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (any picklable value)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0, device=self._object_device)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (CPU tensors only: pickles carry their device)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def _all_reduce(self, values: list[float], op) -> list[float]:
+        if not values:
+            return []
+        buffer = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(buffer, op=op)
+        return buffer.tolist()
+
+    @property
+    def _object_device(self) -> torch.device | None:
+        return self.device if self.device.type == "cuda" else None
+
+    # ---------------------------------------------------------------- models
+
+    def storage_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype to load weights in: FSDP keeps float32 master weights and computes in
+        `dtype` (mixed precision); otherwise the weights are the compute dtype."""
+        return torch.float32 if self.mode == "fsdp" else dtype
+
+    def wrap(self, model, dtype: torch.dtype):
+        """Prepare a model for this mode (None passes through). DDP: make every rank start
+        from rank 0's weights. FSDP: shard each decoder layer, then the rest (the embeddings
+        and the head, tied or not), computing in `dtype` and reducing gradients in float32."""
+        if model is None or self.mode == "none":
+            return model
+        if self.mode == "ddp":
+            if self.active:
+                for tensor in [*model.parameters(), *model.buffers()]:
+                    torch.distributed.broadcast(tensor.data, src=0)
+            return model
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mp_policy=policy)
+        # The root's parameters (embeddings, head) are needed again at once by backward.
+        fully_shard(model, mp_policy=policy, reshard_after_forward=False)
+        return model
+
+    @contextmanager
+    def full_params(self, model) -> Iterator[None]:
+        """Under FSDP, whole parameters on every rank for the duration: generation runs a
+        different number of forwards on each rank (rows stop at EOS), and sharded forwards
+        would have to all-gather in lockstep. A no-op otherwise."""
+        if self.mode != "fsdp":
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.set_reshard_after_forward(unit is not model, recurse=False)
+                unit.reshard()
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(
+        self, run_dir: Path, step: int, model, tokenizer, optimizer, state: dict[str, Any],
+        keep_last: int,
+    ) -> Path:  # fmt: skip
+        """Rank 0 writes `checkpoints/step_<step>` (checkpoint.save_checkpoint: atomic) and
+        every rank returns its path. The model is always a plain save_pretrained export.
+        The optimizer state goes into trainer_state.pt, except under FSDP, where each rank
+        writes its shard into `optimizer/` (readable again on any number of ranks)."""
+        from tic_grpo_cli.models import export_model
+
+        if self.mode != "fsdp":
+            path = None
+            if self.is_main:
+                path = ckpt.save_checkpoint(
+                    run_dir, step, lambda d: export_model(model, tokenizer, d),
+                    {**state, "optimizer": optimizer.state_dict()}, keep_last=keep_last,
+                )  # fmt: skip
+            return Path(self.broadcast_object(str(path)))
+        full, staging = self._write_sharded_optimizer(run_dir, step, model, optimizer)
+
+        def write(out: Path) -> None:
+            model.save_pretrained(out, state_dict=full)
+            tokenizer.save_pretrained(out)
+            os.replace(staging, out / OPTIMIZER_DIR)
+
+        path = (
+            ckpt.save_checkpoint(run_dir, step, write, state, keep_last) if self.is_main else None
+        )
+        return Path(self.broadcast_object(str(path)))
+
+    def _write_sharded_optimizer(self, run_dir: Path, step: int, model, optimizer):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        # Collective: every rank hands in its shards; rank 0 receives the whole model on CPU.
+        full = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        staging = Path(run_dir) / "checkpoints" / f".step_{step}.{OPTIMIZER_DIR}"
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that failed
+        self.barrier()
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=staging)
+        self.barrier()
+        return full, staging
+
+    def load_optimizer(self, model, optimizer, saved: dict[str, Any], source: Path) -> None:
+        """Restore the optimizer from a checkpoint written by any mode and world size."""
+        if "optimizer" in saved and self.mode != "fsdp":
+            optimizer.load_state_dict(saved["optimizer"])
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        if "optimizer" in saved:  # a whole state from a DDP / single-process run, into shards
+            state = _keyed_by_name(saved["optimizer"], model)
+            options = StateDictOptions(full_state_dict=True)
+        else:
+            import torch.distributed.checkpoint as dcp
+
+            sharded = Path(source) / OPTIMIZER_DIR
+            if not sharded.is_dir():
+                raise UserError(f"{source} has no optimizer state ({OPTIMIZER_DIR}/ is missing)")
+            # The current layout is the template: DCP reshards the saved state into it.
+            state = get_optimizer_state_dict(model, optimizer)
+            box = {"optimizer": state}
+            dcp.load(box, checkpoint_id=sharded, no_dist=not self.active)
+            state, options = box["optimizer"], None
+        set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
+# The handle of a single-process run: every collective is the identity.
+SINGLE = Dist()
+
+
+def _buckets(tensors: list[torch.Tensor], numel: int) -> Iterator[list[torch.Tensor]]:
+    """Consecutive same-dtype runs of about `numel` elements (torch.cat needs one dtype)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for t in tensors:
+        if bucket and (size + t.numel() > numel or t.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(t)
+        size += t.numel()
+    if bucket:
+        yield bucket
+
+
+def _keyed_by_name(state: dict[str, Any], model) -> dict[str, Any]:
+    """optimizer.state_dict() keys parameters by position in the optimizer's list (here the
+    trainable parameters in model order); the distributed state-dict API keys them by name."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                         for g in state["param_groups"]],
+    }  # fmt: skip
+
+
+# -------------------------------------------------------------------- set-up and launch
+
+
+def under_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def setup(hardware) -> Dist:
+    """Join the process group torchrun prepared (`hardware.distributed` ddp or fsdp), or
+    return the single-process handle. On GPUs each rank takes the device of its local rank;
+    the backend is nccl there and gloo on the CPU unless `hardware.backend` says otherwise."""
+    mode = hardware.distributed
+    if mode == "none":
+        return SINGLE
+    if not under_torchrun():
+        raise UserError(
+            f"hardware.distributed={mode} runs one process per device: start it with "
+            f"`tic-grpo train hardware={mode} ...` (which launches them) or "
+            f"`torchrun --nproc_per_node N -m tic_grpo_cli train hardware={mode} ...`"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    on_gpu = hardware.device != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        # models.resolve_device then picks this rank's GPU as the current one.
+        torch.cuda.set_device(local_rank)
+    backend = hardware.backend if hardware.backend != "auto" else ("nccl" if on_gpu else "gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+        atexit.register(_shutdown)
+    rank = torch.distributed.get_rank()
+    if rank != 0:
+        # One voice on the console and in train.log; warnings and errors still show.
+        log.setLevel(logging.WARNING)
+    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    return Dist(mode, rank, torch.distributed.get_world_size(), local_rank, device)
+
+
+def _shutdown() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def needs_launch(hardware) -> bool:
+    """`tic-grpo train hardware=ddp|fsdp` outside torchrun: this process starts the ranks."""
+    return hardware.distributed != "none" and not under_torchrun()
+
+
+def rendezvous() -> tuple[int, str, str]:
+    """(nodes, endpoint, run id) for the launcher: this machine alone, or all nodes of the
+    SLURM job this process runs in, meeting on its first node at a port chosen by job id."""
+    if int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) <= 1:
+        return 1, "localhost:0", str(uuid.uuid4())
+    # hydra-submitit-launcher's dependency; it reads SLURM's variables and node list.
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    job = SlurmJobEnvironment()
+    port = 20000 + int(hashlib.sha256(job.job_id.encode()).hexdigest(), 16) % 20000
+    return job.num_nodes, f"{job.hostnames[0]}:{port}", f"slurm-{job.job_id}"
+
+
+def launch(nproc: int, argv: list[str], run_dir: Path) -> dict[str, Any]:
+    """Run `python <argv>` as `nproc` ranks per node through torchrun's launcher and wait for
+    them; returns the summary rank 0 wrote to `run_dir`. On one machine this is what
+    `torchrun --standalone --nproc_per_node nproc` does; in a SLURM job of several nodes
+    (one task per node, as `hardware=slurm` submits), every node's launcher meets the others
+    on the job's first node."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nproc < 1:
+        raise UserError(f"hardware.nproc_per_node must be >= 1, got {nproc}")
+    nodes, endpoint, run_id = rendezvous()
+    config = LaunchConfig(
+        min_nodes=nodes, max_nodes=nodes, nproc_per_node=nproc, run_id=run_id,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint, max_restarts=0,
+        # The ranks run in their own session; the launcher forwards SIGINT/SIGTERM to them,
+        # and they need time to finish the rollout and write a checkpoint before SIGKILL.
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )  # fmt: skip
+    log.info("launching %d processes: %s %s", nproc, sys.executable, " ".join(argv))
+    try:
+        elastic_launch(config, sys.executable)(*argv)
+    except SignalException as err:
+        raise UserError(
+            f"stopped by {err.sigval.name}; the ranks saved a checkpoint in "
+            f"{run_dir} (resume with resume={run_dir})"
+        ) from None
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        raise UserError(
+            f"rank {rank} failed (exit code {failure.exitcode}); its error is "
+            f"printed above and in {run_dir}/train.log"
+        ) from None
+    summary = Path(run_dir) / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}

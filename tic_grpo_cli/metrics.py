@@ -1,0 +1,89 @@
+"""Evaluation metrics over sampled completions: Avg@k, unbiased pass@k, maj@k.
+
+Pure functions of the per-example predictions that `evaluate.evaluate_model` builds, so
+each can be checked against numbers worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    The probability that k samples drawn without replacement from the n include a correct
+    one (Chen et al. 2021). Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i): every factor lies
+    in [0, 1], so nothing overflows for large n, unlike the ratio of binomials in floats.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    remaining = 1.0
+    for i in range(n - c + 1, n + 1):
+        remaining *= 1.0 - k / i
+    return 1.0 - remaining
+
+
+def pass_ks(n: int) -> list[int]:
+    """The k reported for n samples: powers of two up to n, and n itself."""
+    ks = [2**j for j in range(n.bit_length()) if 2**j <= n]
+    return ks if ks[-1] == n else [*ks, n]
+
+
+def majority_vote(extracted: Sequence[str | None], correct: Sequence[bool]) -> float:
+    """Accuracy of the most frequent extracted answer (maj@k for k = len(extracted)).
+
+    Unparseable answers (None) do not vote; with no votes at all the example counts as
+    wrong. An answer is correct if a sample that produced it was scored correct (scorers
+    judge the extracted answer, so all such samples agree). Ties are broken uniformly at
+    random *in expectation*: with t answers tied for the most votes, of which r are correct,
+    the example scores r / t. That keeps maj@k independent of the order samples were drawn.
+    """
+    votes = Counter(answer for answer in extracted if answer is not None)
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    winners = [answer for answer, count in votes.items() if count == top]
+    right = {a for a, ok in zip(extracted, correct, strict=True) if a is not None and ok}
+    return sum(answer in right for answer in winners) / len(winners)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(predictions: Sequence[dict[str, Any]], num_samples: int) -> dict[str, float]:
+    """Aggregate metrics over examples, each with `num_samples` completions.
+
+    `accuracy` is Avg@k: the mean over examples of the fraction of correct samples (greedy
+    accuracy when k = 1). `completion_length/mean` counts generated tokens, the EOS that
+    ended a completion included; `unparseable_fraction` is the share of completions whose
+    answer the scorer could not extract.
+    """
+    if not predictions:
+        raise ValueError("no predictions to summarise")
+    n = num_samples
+    if any(len(p["correct"]) != n for p in predictions):
+        raise ValueError(f"every prediction needs exactly {n} samples")
+    counts = [sum(bool(ok) for ok in p["correct"]) for p in predictions]
+    metrics = {"accuracy": _mean([c / n for c in counts])}
+    for k in pass_ks(n):
+        metrics[f"pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
+    if n > 1:
+        metrics[f"maj@{n}"] = _mean(
+            [majority_vote(p["extracted"], p["correct"]) for p in predictions]
+        )
+    lengths = [length for p in predictions for length in p["lengths"]]
+    extracted = [answer for p in predictions for answer in p["extracted"]]
+    rewards = [reward for p in predictions for reward in p["rewards"]]
+    metrics["reward/mean"] = _mean(rewards)
+    metrics["completion_length/mean"] = _mean(lengths)
+    metrics["unparseable_fraction"] = sum(a is None for a in extracted) / len(extracted)
+    metrics["num_examples"] = len(predictions)
+    return metrics

