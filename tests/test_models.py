@@ -301,6 +301,23 @@ def test_missing_gguf_file_and_package(tmp_path):
     assert "pip install" in one_line(err)
 
 
+def test_missing_optional_packages(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    missing = {"gguf", "peft"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in missing else real_find_spec(name, *a),
+    )
+    (tmp_path / "m.gguf").write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        load(name_or_path=str(tmp_path / "m.gguf"))
+    assert "pip install gguf" in one_line(err)
+    with pytest.raises(UserError) as err:
+        load(lora=LoraConfig(enabled=True))
+    assert "model.lora.enabled" in one_line(err) and "peft" in one_line(err)
+
+
 def test_tokenizer_without_pad_token_gets_one_with_a_warning(tmp_path, caplog):
     shutil.copytree(TINY_DIR, tmp_path, dirs_exist_ok=True)
     config_path = tmp_path / "tokenizer_config.json"

@@ -306,3 +306,18 @@ def test_checkpoint_dir_reloads_as_a_plain_model(tmp_path):
     path = Path(tmp_path / "checkpoints" / "step_2")
     assert AutoModelForCausalLM.from_pretrained(path) is not None
     assert AutoTokenizer.from_pretrained(path).pad_token is not None
+
+
+def test_bf16_autocast_trains_float32_weights(tmp_path):
+    # The `gpu` hardware option's numerics, exercised on the CPU.
+    model_dtypes = []
+    summary = train(
+        make_cfg("hardware.mixed_precision=bf16", "trainer.max_steps=4", "trainer.eval_every=4"),
+        tmp_path,
+    )
+    assert summary["nonfinite_total"] == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "checkpoints" / "step_4" / "model.safetensors")
+    model_dtypes = {t.dtype for t in weights.values()}
+    assert model_dtypes == {torch.float32}

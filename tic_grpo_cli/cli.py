@@ -70,6 +70,9 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
         run = partial(distributed.launch, cfg.hardware.nproc_per_node, _rank_argv(run_dir), run_dir)
     if not _is_multirun():
         return _guarded(run)
+    if cfg.wandb.group is None:
+        # W&B groups a sweep's runs by the sweep dir's name.
+        cfg.wandb.group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:])
     finished = sweep.finished_summary(run_dir)
     if finished is not None and cfg.sweep.skip_finished:
         log.info("skipping finished job %s (delete its summary.json to re-run)", run_dir)

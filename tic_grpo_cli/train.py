@@ -172,16 +172,21 @@ def collect_rollout(
     group = tr.group_size
     repeated = [ex for ex in examples for _ in range(group)]
     model.eval()
-    gen = generate(
-        model,
-        tokenizer,
-        [ex["prompt"] for ex in repeated],
-        tr.max_completion_length,
-        temperature=tr.temperature,
-        top_p=tr.top_p,
-        top_k=tr.top_k,
-        generator=generator,
-    )
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(
+        device_type, torch.bfloat16, enabled=cfg.hardware.mixed_precision == "bf16"
+    ):
+        gen = generate(
+            model,
+            tokenizer,
+            [ex["prompt"] for ex in repeated],
+            tr.max_completion_length,
+            temperature=tr.temperature,
+            top_p=tr.top_p,
+            top_k=tr.top_k,
+            generator=generator,
+            batch_size=tr.generation_batch_size,
+        )
     model.train()
     scored = task.score(gen.texts, repeated)
     rewards = torch.tensor(scored.rewards, dtype=torch.float32)
@@ -265,17 +270,20 @@ def rows_in_chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size)) if len(rows) else []
 
 
-def batch_logprobs(model, gen: Generation, rows: torch.Tensor, micro: int) -> torch.Tensor:
+def batch_logprobs(
+    model, gen: Generation, rows: torch.Tensor, micro: int | None, amp: bool = False
+) -> torch.Tensor:
     """Log-probs of the rollout's completions `rows` under `model`, micro-batched."""
     device = next(model.parameters()).device
-    return completion_logprobs(
-        model,
-        gen.prompt_ids[rows].to(device),
-        gen.prompt_mask[rows].to(device),
-        gen.completion_ids[rows].to(device),
-        gen.completion_mask[rows].to(device),
-        micro_batch_size=micro,
-    )
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        return completion_logprobs(
+            model,
+            gen.prompt_ids[rows].to(device),
+            gen.prompt_mask[rows].to(device),
+            gen.completion_ids[rows].to(device),
+            gen.completion_mask[rows].to(device),
+            micro_batch_size=micro,
+        ).float()
 
 
 def policy_update(
@@ -297,6 +305,7 @@ def policy_update(
     tr, alg = cfg.trainer, cfg.algorithm
     gen, group = rollout.gen, tr.group_size
     device = next(model.parameters()).device
+    amp = cfg.hardware.mixed_precision == "bf16"
     mask = gen.completion_mask.to(device)
     advantages = rollout.advantages.to(device)
     everything = torch.arange(len(advantages))
@@ -308,7 +317,7 @@ def policy_update(
     with torch.no_grad():
         old_logprobs = torch.cat(
             [
-                batch_logprobs(model, gen, c, tr.micro_batch_size)
+                batch_logprobs(model, gen, c, tr.micro_batch_size, amp)
                 for c in rows_in_chunks(everything, tr.micro_batch_size)
             ]
         )
@@ -316,7 +325,7 @@ def policy_update(
         if ref_model is not None:
             ref_logprobs = torch.cat(
                 [
-                    batch_logprobs(ref_model, gen, c, tr.micro_batch_size)
+                    batch_logprobs(ref_model, gen, c, tr.micro_batch_size, amp)
                     for c in rows_in_chunks(everything, tr.micro_batch_size)
                 ]
             )
@@ -346,7 +355,7 @@ def policy_update(
             stats_sum: dict[str, float] = {}
             loss_sum, logprob_diff = 0.0, 0.0
             for chunk in rows_in_chunks(rows, tr.micro_batch_size):
-                logprobs = batch_logprobs(grad_model, gen, chunk, None)
+                logprobs = batch_logprobs(grad_model, gen, chunk, None, amp)
                 loss, stats = compute_policy_loss(
                     alg.name,
                     logprobs,
@@ -558,7 +567,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         nonlocal best_eval, last_eval
         # Rank 0 evaluates (on the whole model) while the other ranks wait for its result.
         metrics = None
-        with dist.full_params(model):
+        amp = hw.mixed_precision == "bf16"
+        with dist.full_params(model), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             if dist.is_main:
                 metrics, _ = evaluate_model(
                     model,
