@@ -231,8 +231,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "checkpoints" / "step_4").is_dir():
-        time.sleep(0.05)
+    # Kill once rows past the step-4 checkpoint are logged, so resuming must drop them.
+    while time.time() < deadline and not any(
+        r.get("step", 0) > 4 for r in read_jsonl(killed / "metrics.jsonl")
+    ):
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "step_4").is_dir()
