@@ -14,9 +14,12 @@ no weight decay, torch implementation), grad-norm clip 1.0, constant LR, tempera
 no top-k/top-p, group-std advantages, the GRPO loss (per-token ratio, clip 0.2/0.28, mean
 over each completion's tokens then over completions = TRL loss_type="grpo",
 importance_sampling_level="token"), beta=0, one pass (num_iterations=1), old log-probs from
-a separate no-grad forward before the first step (TRL does it because steps_per_generation=K
-> gradient_accumulation_steps=1), a reward that is a plain Python function, no gradient checkpointing (TRL's GRPOConfig
-defaults to it; --trl-checkpointing keeps it).
+a no-grad forward before the first step (TRL does it for all K minibatches because
+steps_per_generation=K > gradient_accumulation_steps=1; ours for minibatches 2..K, the first
+one's training forward yields the same numbers; --old-logprobs sampler skips it), a reward
+that is a plain Python function, no gradient checkpointing (TRL's GRPOConfig defaults to
+it; --trl-checkpointing keeps it), the precision (--precision bf16: autocast in both,
+eager attention on the CPU in both).
 Not matched: TRL also computes the per-token entropy in every training forward and gathers
 metrics every step; it samples with HF `generate` (our sampler is rollout.generate); its
 advantage std eps is 1e-4 (ours 1e-6); the random streams differ, so the sampled text does.
@@ -74,6 +77,8 @@ def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, st
             f"trainer.minibatch_size={args.prompts // args.k}",
             f"dataset.max_completion_length={args.length}",
             f"hardware.num_threads={args.threads}",
+            f"hardware.mixed_precision={'bf16' if args.precision == 'bf16' else 'none'}",
+            f"trainer.old_logprobs={args.old_logprobs}",
         ],
     )
     model, tokenizer = benchlib.load_model(cfg, args.model, args.threads)
@@ -167,7 +172,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
         use_cpu=True,
-        bf16=False,
+        bf16=args.precision == "bf16",
         per_device_train_batch_size=args.prompts // args.k * args.group,
         gradient_accumulation_steps=1,
         steps_per_generation=args.k,
@@ -270,7 +275,8 @@ def worker_args(args: argparse.Namespace, system: str, model: str) -> list[str]:
         "--worker", system, "--models", model, "--prompts", str(args.prompts),
         "--group", str(args.group), "--length", str(args.length), "--k", str(args.k),
         "--threads", str(args.threads), "--rollouts", str(args.rollouts),
-        "--warmup", str(args.warmup),
+        "--warmup", str(args.warmup), "--precision", args.precision,
+        "--old-logprobs", args.old_logprobs,
         *(["--trl-checkpointing"] if args.trl_checkpointing else []),
     ]  # fmt: skip
 
@@ -365,6 +371,19 @@ def main() -> None:
         help="keep TRL's default gradient_checkpointing=True (off by default to match ours)",
     )
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: autocast over float32 weights in both systems (TRL bf16=True; on the CPU "
+        "both get eager attention, as `tic-grpo train` does)",
+    )
+    parser.add_argument(
+        "--old-logprobs",
+        choices=("recompute", "sampler"),
+        default="recompute",
+        help="ours only: trainer.old_logprobs (sampler skips the old-log-prob forward)",
+    )
+    parser.add_argument(
         "--quiet",
         type=float,
         default=0.25,
@@ -388,6 +407,7 @@ def main() -> None:
         f"fp32 torch.mm 2048^2 on {args.threads} threads: {peak / 1e9:.0f} GFLOP/s "
         f"(other processes {load.other_cores:.2f} cores)"
     )
+    print(f"precision {args.precision}; ours trainer.old_logprobs={args.old_logprobs}")
     print(
         f"shape: {args.prompts} prompts x {args.group} completions x {args.length} tokens, "
         f"K={args.k}; {args.reps} reps x ({args.warmup} warm-up + {args.rollouts}) rollouts"

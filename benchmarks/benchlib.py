@@ -19,20 +19,15 @@ from typing import Any
 
 import torch
 
-# Every /proc/stat field that is a process running on this machine (not idle, iowait, steal).
-_BUSY_FIELDS = (0, 1, 2, 5, 6)  # user nice system irq softirq
+from tic_grpo_cli.threads import busy_cpu_seconds
+from tic_grpo_cli.threads import own_cpu_seconds as _own_cpu_seconds
 
 
 def _busy_seconds() -> float:
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(fields[i]) for i in _BUSY_FIELDS) / ticks
-
-
-def _own_cpu_seconds() -> float:
-    t = os.times()  # this process, all its threads, and reaped children
-    return t.user + t.system + t.children_user + t.children_system
+    busy = busy_cpu_seconds()
+    if busy is None:
+        raise RuntimeError("the benchmarks read /proc/stat: they run on Linux only")
+    return busy
 
 
 @dataclass
@@ -192,7 +187,9 @@ def load_model(cfg: Any, model: str, threads: int):
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    net, tokenizer = load_model_and_tokenizer(cfg.model, torch.device("cpu"), torch.float32)
+    net, tokenizer = load_model_and_tokenizer(
+        cfg.model, torch.device("cpu"), torch.float32, cfg.hardware.mixed_precision
+    )
     token = NEVER_EMITTED[model]
     tokenizer.eos_token = token
     net.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(token)

@@ -75,6 +75,7 @@ def test_algorithm_option_sets_its_name():
         (["trainer.minibatch_size=5"], "trainer.minibatch_size"),
         (["trainer.group_size=1"], "trainer.group_size"),
         (["algorithm.aggregation=sum"], "algorithm.aggregation"),
+        (["trainer.old_logprobs=vllm"], "trainer.old_logprobs"),
         (["hardware.device=tpu"], "hardware.device"),
         (["wandb.mode=cloud"], "wandb.mode"),
     ],

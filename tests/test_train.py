@@ -80,11 +80,7 @@ def test_run_dir_contents_and_metric_keys(tmp_path):
     eval_steps = [r["step"] for r in rows if "eval/accuracy" in r]
     assert eval_steps == [0, 4, 8]
     # Before the first update of each rollout, old and current log-probs are the same pass.
-    assert all(
-        r["logprob_diff/train_vs_old_max"] < 1e-5
-        for r in train_rows
-        if "logprob_diff/train_vs_old_max" in r
-    )
+    assert all(r["ratio/max"] == 1.0 for r in train_rows if r["minibatch"] == 0)
     assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(
         summary, nan_ok=True
     )
@@ -191,6 +187,67 @@ def test_grpo_no_is_applies_gradients_taken_at_theta_old():
         torch.testing.assert_close(got, old, rtol=1e-4, atol=1e-6)
     gap = max((a - n).abs().max().item() for a, n in zip(applied, at_new, strict=True))
     assert gap > 1e-4, "the second minibatch's gradient must not be taken at the updated theta"
+
+
+def small_rollout(cfg):
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, device=torch.device("cpu"), dtype=torch.float32
+    )
+    task = build_task(cfg.dataset, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    rollout = collect_rollout(model, tokenizer, task, task.train[:4], cfg, generator)
+    rollout.advantages = torch.linspace(-1.5, 1.5, len(rollout.advantages))
+    return model, rollout, generator
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.5])
+def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch):
+    from tic_grpo_cli import train as train_module
+
+    # K = 4 / 1 = 4 minibatches of 4 rows, micro-batches of 3: chunks of 3 + 1 rows.
+    cfg = make_cfg("algorithm=grpo", "trainer.minibatch_size=1", "trainer.micro_batch_size=3")
+    model, rollout, generator = small_rollout(cfg)
+    no_grad_calls = []
+    real = train_module.batch_logprobs
+
+    def counting(model, gen, rows, micro, amp=False):
+        if not torch.is_grad_enabled():
+            no_grad_calls.append(rows.tolist())
+        return real(model, gen, rows, micro, amp)
+
+    monkeypatch.setattr(train_module, "batch_logprobs", counting)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    # Minibatch 1 (rows 0..3) takes its old log-probs from its own training forward.
+    assert no_grad_calls == [[4, 5, 6], [7], [8, 9, 10], [11], [12, 13, 14], [15]]
+    assert rows[0]["ratio/max"] == 1.0 and rows[0]["ratio/mean"] == 1.0
+    later = [r["ratio/max"] for r in rows[1:]]
+    if lr == 0:  # the policy never moves: old log-probs are exactly the current ones
+        assert later == [1.0, 1.0, 1.0]
+    else:
+        assert max(later) > 1.0
+
+
+def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
+    from tic_grpo_cli import train as train_module
+
+    cfg = make_cfg("algorithm=grpo", "trainer.old_logprobs=sampler")
+    model, rollout, generator = small_rollout(cfg)
+    real = train_module.batch_logprobs
+
+    def no_grad_forbidden(*args, **kwargs):
+        assert torch.is_grad_enabled(), "sampler mode must not run an old-log-prob forward"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_logprobs", no_grad_forbidden)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    # The KV-cache sampler and the training forward agree to float32 rounding, no better.
+    assert rows[0]["logprob_diff/sampler_vs_train_max"] < 1e-4
+    assert all(abs(r["ratio/max"] - 1.0) < 1e-4 for r in rows)
 
 
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):

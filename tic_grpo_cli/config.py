@@ -157,6 +157,10 @@ class TrainerConfig:
     group_size: int = 8
     minibatch_size: int = 8
     micro_batch_size: int = 128
+    # pi_old's log-probs: recompute (a no-grad training forward; every ratio is exactly 1
+    # before the first update) or sampler (the rollout's own; saves that pass, but the
+    # sampler's numerics differ: ~1e-6 in float32, ~1e-2 under bf16).
+    old_logprobs: str = "recompute"
     # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
     generation_batch_size: int | None = None
     ppo_epochs: int = 1
@@ -382,6 +386,7 @@ def validate_train(cfg: DictConfig) -> None:
     _check(tr.temperature > 0, "trainer.temperature", "must be > 0 for RL sampling")
     _check(0 < tr.top_p <= 1, "trainer.top_p", f"must be in (0, 1], got {tr.top_p}")
     _one_of(tr.lr_schedule, LR_SCHEDULES, "trainer.lr_schedule")
+    _one_of(tr.old_logprobs, ("recompute", "sampler"), "trainer.old_logprobs")
     _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
 
 

@@ -278,12 +278,10 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise UserError("eval.log_to_run=true needs checkpoint=<a training run or its checkpoint>")
     _warn_dataset_mismatch(cfg, targets[0].train_dir)
 
-    import torch
-
     from tic_grpo_cli.models import resolve_device, resolve_dtype
+    from tic_grpo_cli.threads import CpuThreads
 
-    if cfg.hardware.num_threads:
-        torch.set_num_threads(cfg.hardware.num_threads)
+    CpuThreads(cfg.hardware.num_threads).start()
     device = resolve_device(cfg.hardware)
     dtype = resolve_dtype(cfg.model, cfg.hardware, device)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -42,6 +43,7 @@ from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.evaluate import evaluate_model
 from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
 from tic_grpo_cli.rollout import Generation, completion_logprobs, generate
+from tic_grpo_cli.threads import CpuThreads
 
 log = logging.getLogger("tic_grpo")
 
@@ -270,6 +272,11 @@ def rows_in_chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size)) if len(rows) else []
 
 
+def group_rows(prompt_batches: tuple[torch.Tensor, ...], group: int) -> list[torch.Tensor]:
+    """Rollout rows of each batch of prompt indices: prompt p owns rows p*G .. p*G+G-1."""
+    return [(p[:, None] * group + torch.arange(group)).reshape(-1) for p in prompt_batches]
+
+
 def batch_logprobs(
     model, gen: Generation, rows: torch.Tensor, micro: int | None, amp: bool = False
 ) -> torch.Tensor:
@@ -312,15 +319,22 @@ def policy_update(
     aggregation = alg.aggregation or default_aggregation(alg.name)
     by_tokens = aggregation == "token_mean"
 
-    # pi_old's log-probs in the training pass's numerics (not the sampler's KV-cache ones),
-    # so every ratio is exactly 1 before the first update.
+    prompts = len(advantages) // group
+    minibatch = dist.share(tr.minibatch_size, "trainer.minibatch_size")
+    first_epoch = group_rows(torch.arange(prompts).split(minibatch), group)
+    # pi_old's log-probs in the training pass's numerics: the no-grad forward runs on exactly
+    # the chunks the training forward will see, so every ratio is exactly 1 before the first
+    # update. The first minibatch needs no such pass: its training forward, taken before any
+    # update, yields the same numbers, and fills them in below (1/K of the pass saved).
+    from_sampler = tr.old_logprobs == "sampler"
+    old_logprobs = (
+        gen.logprobs.to(device) if from_sampler else torch.zeros(mask.shape, device=device)
+    )
     with torch.no_grad():
-        old_logprobs = torch.cat(
-            [
-                batch_logprobs(model, gen, c, tr.micro_batch_size, amp)
-                for c in rows_in_chunks(everything, tr.micro_batch_size)
-            ]
-        )
+        if not from_sampler:
+            for rows in first_epoch[1:]:
+                for chunk in rows_in_chunks(rows, tr.micro_batch_size):
+                    old_logprobs[chunk] = batch_logprobs(model, gen, chunk, None, amp)
         ref_logprobs = None
         if ref_model is not None:
             ref_logprobs = torch.cat(
@@ -329,7 +343,6 @@ def policy_update(
                     for c in rows_in_chunks(everything, tr.micro_batch_size)
                 ]
             )
-    sampler_diff = dist.max(((old_logprobs - gen.logprobs.to(device)).abs() * mask).max().item())
 
     # grpo_no_is: each minibatch's gradient is taken at theta_old, through a frozen copy.
     grad_model = model
@@ -337,25 +350,32 @@ def policy_update(
         frozen.load_state_dict(model.state_dict())
         grad_model = frozen
 
-    prompts = len(advantages) // group
-    minibatch = dist.share(tr.minibatch_size, "trainer.minibatch_size")
     rows_out = []
     for epoch in range(tr.ppo_epochs):
         # Whole groups stay together; the order of minibatches is reshuffled each epoch.
-        prompt_order = (
-            torch.randperm(prompts, generator=generator) if epoch else torch.arange(prompts)
-        )
-        for k, prompt_ids in enumerate(prompt_order.split(minibatch)):
-            rows = (prompt_ids[:, None] * group + torch.arange(group)).reshape(-1)
+        minibatches = first_epoch
+        if epoch:
+            order = torch.randperm(prompts, generator=generator).split(minibatch)
+            minibatches = group_rows(order, group)
+        for k, rows in enumerate(minibatches):
             total = mask[rows].sum().item() if by_tokens else len(rows)
             # The mean of the ranks' totals: once gradients are averaged over ranks, every
             # sequence (token) of the global minibatch then weighs the same, as in one process.
             total = dist.average(total)
             optimizer.zero_grad(set_to_none=True)
             stats_sum: dict[str, float] = {}
-            loss_sum, logprob_diff = 0.0, 0.0
+            loss_sum, sampler_diff = 0.0, 0.0
             for chunk in rows_in_chunks(rows, tr.micro_batch_size):
                 logprobs = batch_logprobs(grad_model, gen, chunk, None, amp)
+                if k == 0 and epoch == 0:
+                    if not from_sampler:
+                        old_logprobs[chunk] = logprobs.detach()
+                    sampler_diff = max(
+                        sampler_diff,
+                        ((logprobs.detach() - gen.logprobs[chunk].to(device)).abs() * mask[chunk])
+                        .max()
+                        .item(),
+                    )
                 loss, stats = compute_policy_loss(
                     alg.name,
                     logprobs,
@@ -376,13 +396,6 @@ def policy_update(
                 (loss * weight).backward()
                 loss_sum += loss.item() * weight
                 merge_stats(stats_sum, stats, weight)
-                if k == 0 and epoch == 0:
-                    logprob_diff = max(
-                        logprob_diff,
-                        ((logprobs.detach() - old_logprobs[chunk]).abs() * mask[chunk])
-                        .max()
-                        .item(),
-                    )
             if frozen is not None:
                 for live, fixed in zip(model.parameters(), frozen.parameters(), strict=True):
                     live.grad = None if fixed.grad is None else fixed.grad.detach().clone()
@@ -417,8 +430,7 @@ def policy_update(
                 }
             )
             if k == 0 and epoch == 0:
-                row["logprob_diff/train_vs_old_max"] = dist.max(logprob_diff)
-                row["logprob_diff/sampler_vs_train_max"] = sampler_diff
+                row["logprob_diff/sampler_vs_train_max"] = dist.max(sampler_diff)
             rows_out.append(row)
     return rows_out
 
@@ -491,10 +503,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(dist.broadcast_object(str(run_dir)))
     run_dir.mkdir(parents=True, exist_ok=True)
     dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
-    if hw.num_threads:
-        torch.set_num_threads(hw.num_threads)
-    seed_everything(cfg.seed)
     device = resolve_device(hw)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", hw.nproc_per_node))
+    threads = CpuThreads(hw.num_threads, share=local_ranks)
+    threads.start()
+    seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.model, hw, device)
 
     resume_from = _resume_source(cfg, run_dir)
@@ -507,7 +520,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             model_cfg.name_or_path = str(resume_from)
             model_cfg.gguf_file = model_cfg.gguf_package = None
     model, tokenizer = load_model_and_tokenizer(
-        model_cfg, device=device, dtype=dist.storage_dtype(dtype)
+        model_cfg, device, dist.storage_dtype(dtype), hw.mixed_precision
     )
     task = build_task(cfg.dataset, tokenizer)
     train_split = task.split("train")
@@ -515,7 +528,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ref_model = None
     if alg.kl_coef > 0:
         ref_model, _ = load_model_and_tokenizer(
-            cfg.model, device=device, dtype=dist.storage_dtype(dtype)
+            cfg.model, device, dist.storage_dtype(dtype), hw.mixed_precision
         )
         ref_model.eval().requires_grad_(False)
     model, frozen, ref_model = (dist.wrap(m, dtype) for m in (model, frozen, ref_model))
@@ -632,6 +645,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             )
             t2 = time.perf_counter()
             rollouts += 1
+            cpu_threads = threads.adjust()
             # Metrics and samples describe the whole batch, whatever the number of ranks.
             rollout = gather_rollout(rollout, dist, tr.group_size)
             tokens = int(rollout.gen.completion_mask.sum())
@@ -643,6 +657,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "time/rollout_s": t1 - t0,
                 "time/update_s": t2 - t1,
                 "throughput/tokens_per_s": tokens / max(t2 - t0, 1e-9),
+                "throughput/cpu_threads": cpu_threads,
             }
             before = step
             for row in step_rows:

@@ -14,6 +14,10 @@ ANALYSES = {  # subcommand -> (module, one-line description)
         "tic_grpo_cli.analysis.gradient_bias",
         "expected GRPO / no-IS / TIC updates vs the true gradient, by exact enumeration",
     ),
+    "length-sensitivity": (
+        "tic_grpo_cli.analysis.length_sensitivity",
+        "the same exact bias as the completion length T grows",
+    ),
 }
 
 

@@ -1,0 +1,79 @@
+"""The CPU thread pool: fixed, or sized to the cores other processes leave idle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tic_grpo_cli import threads
+
+
+@pytest.fixture(autouse=True)
+def restore_pool():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeMachine:
+    """A 4-core machine whose other processes use `other` cores; we use `own` cores."""
+
+    def __init__(self, monkeypatch):
+        self.wall = self.busy = self.mine = 0.0
+        self.other, self.own = 0.0, 1.0
+        monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+        monkeypatch.setattr(threads, "busy_cpu_seconds", lambda: self.busy)
+        monkeypatch.setattr(threads, "own_cpu_seconds", lambda: self.mine)
+        monkeypatch.setattr(threads.time, "perf_counter", lambda: self.wall)
+        monkeypatch.setattr(threads.time, "sleep", self.run)
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mine += self.own * seconds
+        self.busy += (self.own + self.other) * seconds
+
+
+def test_a_fixed_count_is_set_and_kept(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    pool = threads.CpuThreads(fixed=3)
+    assert pool.start() == 3 and torch.get_num_threads() == 3
+    machine.other = 4.0
+    machine.run(1.0)
+    assert pool.adjust() == 3
+
+
+@pytest.mark.parametrize(
+    "other,expected",
+    [(0.0, 4), (0.2, 4), (0.5, 3), (1.0, 3), (2.6, 1), (3.9, 1), (8.0, 1)],
+)
+def test_adaptive_takes_the_idle_cores(monkeypatch, other, expected):
+    machine = FakeMachine(monkeypatch)
+    machine.other = other
+    assert threads.CpuThreads(fixed=None).start() == expected
+    assert torch.get_num_threads() == expected
+
+
+def test_adaptive_gives_cores_back_and_takes_them_again(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    pool = threads.CpuThreads(fixed=None)
+    assert pool.start() == 4
+    machine.other = 2.0  # a second job starts: two cores taken
+    machine.run(3.0)
+    assert pool.adjust() == 2
+    machine.other = 0.0  # it ends
+    machine.run(3.0)
+    assert pool.adjust() == 4
+
+
+def test_ranks_on_one_node_share_the_cores(monkeypatch):
+    FakeMachine(monkeypatch)
+    assert threads.CpuThreads(fixed=None, share=2).start() == 2
+    assert threads.CpuThreads(fixed=None, share=8).start() == 1
+
+
+def test_without_proc_stat_every_core_is_used(monkeypatch):
+    FakeMachine(monkeypatch)
+    monkeypatch.setattr(threads, "busy_cpu_seconds", lambda: None)
+    pool = threads.CpuThreads(fixed=None)
+    assert pool.start() == 4
+    assert pool.adjust() == 4

@@ -1,0 +1,175 @@
+"""How the bias of each update direction depends on the completion length T, exactly.
+
+PAPER.md's theory says GRPO's token-level correction misses the shift of the prefix
+distribution, an error that accumulates over the T tokens of a trajectory, while TIC-GRPO's
+trajectory ratio corrects it whatever T is (until its cap binds). The gradient-bias
+analysis (``gradient_bias.py``) measures this at one T; this one repeats it over a range
+of T and seeds and reports, after k inner GRPO steps:
+
+- ``drift``: ‖∇J(θ_k) − ∇J(θ_old)‖ / ‖∇J(θ_old)‖, how far the true gradient moved;
+- the relative error to ∇J(θ_k) of unclipped GRPO (1/T), of no-IS (∇J(θ_old)) and of
+  unclipped TIC;
+- ``uncorrected``: GRPO's error / no-IS's error, the share of the drift the token ratios
+  leave uncorrected (0: GRPO is as good as TIC; 1: no better than no importance sampling);
+- the first inner step at which TIC's cap (ρ > 1 + ε_high) and GRPO's token clip bind.
+
+    tic-grpo analyze length-sensitivity                      # T = 2..8, seeds 0..2, k = 8
+    tic-grpo analyze length-sensitivity --lengths 2,4,6 --seeds 0 --no-eos
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from tic_grpo_cli.analysis.gradient_bias import MAX_COMPLETIONS, BiasConfig, run
+
+DEFAULT_OUT = Path("outputs/analysis/length_sensitivity")
+COLUMNS = (
+    "length", "seed", "kl_old_new", "rho_max", "drift", "err_grpo", "err_no_is", "err_tic",
+    "uncorrected", "first_k_tic_cap", "first_k_grpo_clip",
+)  # fmt: skip
+
+
+def measure(length: int, seed: int, steps: int, eos: bool, vocab: int) -> dict:
+    """One exact run; the row at the last inner step plus when each clip first bound."""
+    result = run(BiasConfig(vocab=vocab, length=length, eos=eos, steps=steps, seed=seed))
+    rows = result["rows"]
+    last = rows[-1]
+    directions = last["directions"]
+
+    def first(key: str) -> int | None:
+        return next((r["k"] for r in rows if r[key] > 0), None)
+
+    return {
+        "length": length,
+        "seed": seed,
+        "kl_old_new": last["kl_old_new"],
+        "rho_max": last["rho_max"],
+        "drift": last["grad_drift"],
+        "err_grpo": directions["grpo_T_unclipped"]["err_now"],
+        "err_no_is": directions["grpo_no_is_T"]["err_now"],
+        "err_tic": directions["tic"]["err_now"],
+        "uncorrected": directions["grpo_T_unclipped"]["err_now"]
+        / directions["grpo_no_is_T"]["err_now"],
+        "first_k_tic_cap": first("tic_clipped_mass"),
+        "first_k_grpo_clip": first("token_outside_clip"),
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean over seeds per length (the first-k columns: the smallest k, '-' if never)."""
+    out = []
+    for length in sorted({r["length"] for r in rows}):
+        mine = [r for r in rows if r["length"] == length]
+        line: dict = {"length": length, "seeds": len(mine)}
+        for key in COLUMNS[2:9]:
+            line[key] = statistics.fmean(r[key] for r in mine)
+        for key in COLUMNS[9:]:
+            hits = [r[key] for r in mine if r[key] is not None]
+            line[key] = min(hits) if hits else None
+        out.append(line)
+    return out
+
+
+def markdown(summary: list[dict], steps: int) -> str:
+    head = (
+        f"| T | seeds | KL(old‖θ_{steps}) | max ρ | drift | GRPO err | no-IS err | TIC err "
+        "| uncorrected | TIC cap binds at k | GRPO clip binds at k |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for s in summary:
+        first = ["-" if s[k] is None else str(s[k]) for k in COLUMNS[9:]]
+        lines.append(
+            f"| {s['length']} | {s['seeds']} | {s['kl_old_new']:.4f} | {s['rho_max']:.3f} | "
+            f"{s['drift']:.3f} | {s['err_grpo']:.3f} | {s['err_no_is']:.3f} | "
+            f"{s['err_tic']:.1e} | {s['uncorrected']:.2f} | {first[0]} | {first[1]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [s["length"] for s in summary]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("err_no_is", "no-IS"), ("err_grpo", "GRPO (1/T)"), ("drift", "drift")):
+        left.plot(lengths, [s[key] for s in summary], marker="o", label=label)
+    left.plot(lengths, [max(s["err_tic"], 1e-16) for s in summary], marker="o", label="TIC")
+    left.set_yscale("log")
+    left.set_xlabel("T")
+    left.set_ylabel(f"relative error to ∇J(θ_{steps})")
+    left.legend()
+    right.plot(lengths, [s["uncorrected"] for s in summary], marker="o", color="C1")
+    right.axhline(1.0, color="grey", lw=0.8, ls="--")
+    right.set_ylim(0, max(1.2, *(s["uncorrected"] + 0.1 for s in summary)))
+    right.set_xlabel("T")
+    right.set_ylabel("GRPO error / no-IS error")
+    right.set_title("share of the drift GRPO leaves uncorrected")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(rows: list[dict], summary: list[dict], out: Path, steps: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "length_sensitivity.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "length_sensitivity.json").write_text(
+        json.dumps({"rows": rows, "summary": summary}, indent=1)
+    )
+    (out / "length_sensitivity.md").write_text(markdown(summary, steps))
+    plot(summary, out / "length_sensitivity.png", steps)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="tic-grpo analyze length-sensitivity",
+        description="Exact bias of GRPO, no-IS and TIC-GRPO update directions as the "
+        "completion length T grows.",
+    )
+    p.add_argument("--lengths", type=_ints, default=[2, 3, 4, 5, 6, 7, 8], help="e.g. 2,4,6")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=8, help="k inner GRPO steps")
+    p.add_argument("--vocab", type=int, default=3, help="tokens, EOS included")
+    p.add_argument("--no-eos", dest="eos", action="store_false", help="all lengths equal T")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    too_long = [t for t in args.lengths if t < 2 or args.vocab**t > MAX_COMPLETIONS]
+    if too_long or args.steps < 1:
+        p.error(
+            f"--lengths {too_long}: T must be >= 2 and vocab**T <= {MAX_COMPLETIONS}"
+            if too_long
+            else "--steps must be >= 1"
+        )
+    rows = [
+        measure(length, seed, args.steps, args.eos, args.vocab)
+        for length in args.lengths
+        for seed in args.seeds
+    ]
+    summary = summarise(rows)
+    write(rows, summary, args.out, args.steps)
+    print(markdown(summary, args.steps))
+    print(f"wrote {args.out}/length_sensitivity.{{csv,json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""How many CPU threads torch uses: a fixed number, or the cores other processes leave idle.
+
+Why adapt: torch's intra-op pool waits at the end of every parallel operator for all its
+threads. When another process holds one of the cores, every operator waits for a
+scheduler slice, and a 2-thread job on 2 cores ran 20-50x slower than on 1 thread
+(docs/benchmarks.md). On an idle machine the same job runs ~1.8x faster on 2 threads. So
+``hardware.num_threads: null`` (the default) takes the idle cores at start and re-checks
+after every rollout, giving cores back when other processes take them and taking them
+again once they are free. Thread count does not change the numbers torch computes here
+(the fixed-seed test runs are identical on 1 and 2 threads); a fixed
+``hardware.num_threads`` gives a fixed pool anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# /proc/stat fields that are work on this machine: user nice system irq softirq.
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
+# A core counts as free when other processes leave at least this much of it.
+_FREE_SHARE = 0.7
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    return sum(int(fields[i]) for i in _BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()  # this process, all its threads, and reaped children
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Mark:
+    wall: float
+    busy: float
+    own: float
+
+    @classmethod
+    def now(cls) -> _Mark | None:
+        busy = busy_cpu_seconds()
+        return None if busy is None else cls(time.perf_counter(), busy, own_cpu_seconds())
+
+
+class CpuThreads:
+    """torch's thread count for one process: ``fixed`` threads, or adaptive when None.
+
+    ``share`` divides the machine among processes of one job (DDP ranks on one node)."""
+
+    def __init__(self, fixed: int | None, share: int = 1):
+        self.fixed = fixed
+        self.cores = max(1, usable_cores() // max(1, share))
+        self._mark: _Mark | None = None
+
+    def start(self) -> int:
+        """Set the pool for the run's start; measures others' load over a short window."""
+        if self.fixed:
+            return self._set(self.fixed)
+        self._mark = _Mark.now()
+        if self._mark is None:  # no /proc/stat: every core, not adaptive
+            return self._set(self.cores)
+        time.sleep(0.2)
+        threads = self.adjust(announce=False)
+        log.info(
+            "CPU threads: %d of %d cores (adaptive: hardware.num_threads=null)", threads, self.cores
+        )
+        return threads
+
+    def adjust(self, announce: bool = True) -> int:
+        """Re-check the load since the last call and resize the pool if it changed."""
+        if self.fixed or self._mark is None:
+            return torch.get_num_threads()
+        now = _Mark.now()
+        wall = max(now.wall - self._mark.wall, 1e-6)
+        other = max(0.0, now.busy - self._mark.busy - (now.own - self._mark.own)) / wall
+        self._mark = now
+        free = self.cores - other
+        threads = max(1, min(self.cores, int(free + 1 - _FREE_SHARE)))
+        if announce and threads != torch.get_num_threads():
+            log.info(
+                "CPU threads: %d (other processes use %.1f of %d cores)", threads, other, self.cores
+            )
+        return self._set(threads)
+
+    @staticmethod
+    def _set(threads: int) -> int:
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return threads
