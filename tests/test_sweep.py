@@ -320,7 +320,7 @@ def stand_in_trainer(monkeypatch):
     return calls
 
 
-def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trainer):
+def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trainer, capsys):
     from tic_grpo_cli.cli import main
 
     args = [
@@ -330,7 +330,8 @@ def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trai
         "trainer.max_steps=4",
         f"hydra.sweep.dir={tmp_path}",
     ]
-    assert main(args) == 0
+    assert main(args) == 1  # the others finish, but the sweep as a whole did not succeed
+    assert f"error: 1 job(s) did not finish; see {tmp_path}/summary.md" in capsys.readouterr().err
     assert sorted(stand_in_trainer) == ["grpo/0", "grpo/1", "tic/0", "tic/1"]
     assert (tmp_path / "algorithm=tic,seed=1,trainer.max_steps=4" / "error.json").exists()
     md = (tmp_path / "summary.md").read_text()
@@ -339,10 +340,10 @@ def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trai
 
     # The same sweep again: only the failed job runs; skip_finished=false runs them all.
     stand_in_trainer.clear()
-    assert main(args) == 0
+    assert main(args) == 1
     assert stand_in_trainer == ["tic/1"]
     stand_in_trainer.clear()
-    assert main([*args, "sweep.skip_finished=false"]) == 0
+    assert main([*args, "sweep.skip_finished=false"]) == 1
     assert len(stand_in_trainer) == 4
 
     # Aggregating the dir later gives the same rows.
@@ -351,6 +352,8 @@ def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trai
         ("algorithm=grpo", 2, 0),
         ("algorithm=tic", 1, 1),
     ]
+    # Without the failing job (in a dir of its own) the sweep succeeds.
+    assert main(["sweep", "algorithm=grpo", f"hydra.sweep.dir={tmp_path}_ok"]) == 0
 
 
 def test_sweep_aggregate_subcommand(

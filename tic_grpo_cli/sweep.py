@@ -454,6 +454,11 @@ def summarize(sweep_dir: Path, threshold: float = 0.5) -> list[dict[str, Any]]:
     return rows
 
 
+# Sweep dir -> jobs that did not finish, filled in as multiruns end: `tic-grpo sweep` exits
+# non-zero when it is not 0, whichever launcher ran the jobs.
+UNFINISHED_JOBS: dict[Path, int] = {}
+
+
 class SummarizeSweep(Callback):
     """Registered under hydra.callbacks: summarises the sweep dir when a multirun ends."""
 
@@ -463,7 +468,8 @@ class SummarizeSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            summarize(sweep_dir, threshold=self.threshold)
+            rows = summarize(sweep_dir, threshold=self.threshold)
+            UNFINISHED_JOBS[sweep_dir] = sum(r["failed"] + r["incomplete"] for r in rows)
         except Exception as err:  # the jobs' results are on disk either way
             log.error(
                 "could not summarise %s: %s: %s; retry with `tic-grpo sweep aggregate=%s`",
