@@ -135,7 +135,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         rows = train.policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
         t2 = time.perf_counter()
         assert len(rows) == args.k
-        phases = clock.take()
+        phases = defaultdict(float, clock.take())
         rollouts.append({
             "total": t2 - t0,
             "generate": phases["generate"],

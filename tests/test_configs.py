@@ -76,6 +76,8 @@ def test_algorithm_option_sets_its_name():
         (["trainer.group_size=1"], "trainer.group_size"),
         (["algorithm.aggregation=sum"], "algorithm.aggregation"),
         (["trainer.old_logprobs=vllm"], "trainer.old_logprobs"),
+        (["trainer.decay_fraction=0"], "trainer.decay_fraction"),
+        (["trainer.decay_fraction=1.5"], "trainer.decay_fraction"),
         (["hardware.device=tpu"], "hardware.device"),
         (["wandb.mode=cloud"], "wandb.mode"),
     ],

@@ -77,3 +77,18 @@ def test_without_proc_stat_every_core_is_used(monkeypatch):
     pool = threads.CpuThreads(fixed=None)
     assert pool.start() == 4
     assert pool.adjust() == 4
+
+
+def test_a_short_burst_does_not_resize_the_pool(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    pool = threads.CpuThreads(fixed=None)
+    assert pool.start() == 4
+    machine.other = 3.0  # every other core busy, but only for 0.2 s
+    machine.run(0.2)
+    assert pool.adjust() == 4  # within the window: not even measured
+    machine.other = 0.0
+    machine.run(2.0)  # over the whole 2.2 s window others used 0.27 cores
+    assert pool.adjust() == 4
+    machine.other = 3.0  # the same load for a whole window is a job: 3 cores taken
+    machine.run(2.0)
+    assert pool.adjust() == 1

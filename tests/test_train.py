@@ -189,6 +189,25 @@ def test_grpo_no_is_applies_gradients_taken_at_theta_old():
     assert gap > 1e-4, "the second minibatch's gradient must not be taken at the updated theta"
 
 
+@pytest.mark.parametrize(
+    "schedule,warmup,expected",
+    [
+        ("constant", 2, [0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+        ("wsd", 0, [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]),  # (10 - step) / 4 once below 1
+        ("wsd", 2, [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]),
+    ],
+)
+def test_lr_schedules(schedule, warmup, expected):
+    from omegaconf import OmegaConf
+
+    from tic_grpo_cli.train import lr_lambda
+
+    tr = OmegaConf.create(
+        {"warmup_steps": warmup, "max_steps": 10, "lr_schedule": schedule, "decay_fraction": 0.4}
+    )
+    assert [lr_lambda(tr)(step) for step in range(10)] == pytest.approx(expected)
+
+
 def small_rollout(cfg):
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(

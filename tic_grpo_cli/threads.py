@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 _BUSY_FIELDS = (0, 1, 2, 5, 6)
 # A core counts as free when other processes leave at least this much of it.
 _FREE_SHARE = 0.7
+# Load is averaged over at least this long, so a short burst (an editor, a `git status`)
+# does not resize the pool, while a second job shows within one window.
+_WINDOW_S = 2.0
 
 
 def busy_cpu_seconds() -> float | None:
@@ -70,6 +73,7 @@ class CpuThreads:
     def __init__(self, fixed: int | None, share: int = 1):
         self.fixed = fixed
         self.cores = max(1, usable_cores() // max(1, share))
+        self.window = _WINDOW_S
         self._mark: _Mark | None = None
 
     def start(self) -> int:
@@ -80,22 +84,26 @@ class CpuThreads:
         if self._mark is None:  # no /proc/stat: every core, not adaptive
             return self._set(self.cores)
         time.sleep(0.2)
-        threads = self.adjust(announce=False)
+        threads = self._resize(min_wall=0.0, announce=False)
         log.info(
             "CPU threads: %d of %d cores (adaptive: hardware.num_threads=null)", threads, self.cores
         )
         return threads
 
-    def adjust(self, announce: bool = True) -> int:
-        """Re-check the load since the last call and resize the pool if it changed."""
+    def adjust(self) -> int:
+        """Re-check the load once a window has passed; resize the pool if it changed."""
         if self.fixed or self._mark is None:
             return torch.get_num_threads()
+        return self._resize(min_wall=self.window, announce=True)
+
+    def _resize(self, min_wall: float, announce: bool) -> int:
         now = _Mark.now()
-        wall = max(now.wall - self._mark.wall, 1e-6)
+        wall = now.wall - self._mark.wall
+        if wall < min_wall or wall <= 0:
+            return torch.get_num_threads()
         other = max(0.0, now.busy - self._mark.busy - (now.own - self._mark.own)) / wall
         self._mark = now
-        free = self.cores - other
-        threads = max(1, min(self.cores, int(free + 1 - _FREE_SHARE)))
+        threads = max(1, min(self.cores, int(self.cores - other + 1 - _FREE_SHARE)))
         if announce and threads != torch.get_num_threads():
             log.info(
                 "CPU threads: %d (other processes use %.1f of %d cores)", threads, other, self.cores

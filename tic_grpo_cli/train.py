@@ -152,8 +152,10 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def lr_lambda(cfg: DictConfig):
-    """Linear warm-up, then constant or cosine decay to zero at max_steps."""
+    """Linear warm-up, then constant, cosine decay to zero at max_steps, or constant with a
+    linear decay to zero over the last decay_fraction of the steps (wsd)."""
     warmup, total, schedule = cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule
+    decay = max(1, round(cfg.decay_fraction * total))
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -161,6 +163,8 @@ def lr_lambda(cfg: DictConfig):
         if schedule == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if schedule == "wsd":
+            return min(1.0, max(0.0, (total - step) / decay))
         return 1.0
 
     return factor
