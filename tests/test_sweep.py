@@ -356,6 +356,29 @@ def test_sweep_isolates_failures_and_skips_finished_jobs(tmp_path, stand_in_trai
     assert main(["sweep", "algorithm=grpo", f"hydra.sweep.dir={tmp_path}_ok"]) == 0
 
 
+def test_an_interrupted_job_stops_the_whole_sweep(tmp_path, stand_in_trainer, capsys):
+    from tic_grpo_cli.cli import main
+    from tic_grpo_cli.errors import Interrupted
+
+    module = sys.modules["tic_grpo_cli.train"]
+    finishing = module.train
+
+    def train(cfg, run_dir):
+        if cfg.seed == 1:
+            stand_in_trainer.append(f"{cfg.algorithm.name}/{cfg.seed}")
+            raise Interrupted("interrupted at step 2; checkpoint x")
+        return finishing(cfg, run_dir)
+
+    module.train = train
+    with pytest.raises(SystemExit) as stopped:
+        main(["sweep", "algorithm=grpo", "seed=0,1,2", f"hydra.sweep.dir={tmp_path}"])
+    assert stopped.value.code == 2
+    assert stand_in_trainer == ["grpo/0", "grpo/1"]  # seed 2 never started
+    err = capsys.readouterr().err
+    assert "interrupted at step 2" in err and "The sweep stops here" in err
+    assert not list(tmp_path.glob("*seed=1*/error.json"))  # incomplete, not failed
+
+
 def test_sweep_aggregate_subcommand(
     hand_made_sweep, stand_in_trainer, monkeypatch, tmp_path_factory
 ):

@@ -122,6 +122,17 @@ def test_same_seed_same_metrics(tmp_path):
     assert a == b
 
 
+def test_a_fresh_run_in_a_used_dir_sets_the_earlier_rows_aside(tmp_path):
+    cfg = make_cfg("trainer.max_steps=2", "trainer.eval_every=0", "trainer.save_every=0")
+    train(cfg, tmp_path)
+    first = read_jsonl(tmp_path / "metrics.jsonl")
+    train(cfg, tmp_path)  # e.g. a sweep re-running an incomplete job, without resume
+    second = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in second] == [r["step"] for r in first]  # one run, not two
+    earlier = list(tmp_path.glob("metrics.earlier-*.jsonl"))
+    assert len(earlier) == 1 and read_jsonl(earlier[0]) == first
+
+
 class RecordingOptimizer(torch.optim.SGD):
     """SGD that keeps a copy of the gradient it applies at every step."""
 

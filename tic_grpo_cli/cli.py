@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tic_grpo_cli.config import register_configs, validate_eval, validate_train
-from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.errors import Interrupted, UserError
 
 CONFIG_PATH = "pkg://tic_grpo_cli.conf"
 SUBCOMMANDS = {
@@ -79,6 +79,11 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
         return finished
     try:
         return run()
+    except Interrupted as err:  # Ctrl-C or a scheduler's SIGTERM: stop the whole sweep
+        _fail(
+            f"{err}. The sweep stops here: the same command runs the jobs left "
+            "(add resume=auto to continue this one from its checkpoint)"
+        )
     except Exception as err:
         sweep.record_failure(run_dir, err)
         log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, run_dir)

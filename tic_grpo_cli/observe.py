@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,22 @@ class RunLogger:
     @property
     def wandb_id(self) -> str | None:
         return None if self.wandb_run is None else self.wandb_run.id
+
+    def set_aside_earlier_run(self) -> None:
+        """A fresh (not resumed) run in a dir an earlier run logged to: keep that run's rows,
+        under another name, instead of appending the new run's to them."""
+        if not self.enabled:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for path in (self.metrics_path, self.samples_path):
+            if path.exists():
+                kept = path.with_name(f"{path.stem}.earlier-{stamp}{path.suffix}")
+                path.rename(kept)
+                log.warning(
+                    "%s held an earlier run's rows: moved to %s (resume=auto continues a run)",
+                    path,
+                    kept.name,
+                )
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint so the file reads as one run."""

@@ -39,7 +39,7 @@ from tic_grpo_cli.algorithms import (
 from tic_grpo_cli.config import validate_train
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.errors import Interrupted, UserError
 from tic_grpo_cli.evaluate import evaluate_model
 from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
 from tic_grpo_cli.rollout import Generation, completion_logprobs, generate
@@ -562,6 +562,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if saved:
         logger.truncate_after(step)
         log.info("resumed from %s at step %d", resume_from, step)
+    else:
+        logger.set_aside_earlier_run()
     k_minibatches = tr.rollout_batch_size // tr.minibatch_size
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -699,7 +701,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if dist.any(stop.signal is not None):
         path = save()
         logger.finish({})
-        raise TrainingStopped(
+        raise Interrupted(
             f"interrupted at step {step}; checkpoint {path}; continue with "
             f"`tic-grpo train resume={run_dir}` (plus the same overrides)"
         )
