@@ -68,6 +68,7 @@ class PhaseClock:
 
 def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, str]]]:
     """The composed config, model, tokenizer and prompts every worker uses."""
+    precision = "bf16" if getattr(args, "precision", "fp32") == "bf16" else "none"
     cfg = benchlib.train_config(
         args.model,
         [
@@ -77,8 +78,8 @@ def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, st
             f"trainer.minibatch_size={args.prompts // args.k}",
             f"dataset.max_completion_length={args.length}",
             f"hardware.num_threads={args.threads}",
-            f"hardware.mixed_precision={'bf16' if args.precision == 'bf16' else 'none'}",
-            f"trainer.old_logprobs={args.old_logprobs}",
+            f"hardware.mixed_precision={precision}",
+            f"trainer.old_logprobs={getattr(args, 'old_logprobs', 'recompute')}",
         ],
     )
     model, tokenizer = benchlib.load_model(cfg, args.model, args.threads)
@@ -172,7 +173,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
         use_cpu=True,
-        bf16=args.precision == "bf16",
+        bf16=getattr(args, "precision", "fp32") == "bf16",
         per_device_train_batch_size=args.prompts // args.k * args.group,
         gradient_accumulation_steps=1,
         steps_per_generation=args.k,
