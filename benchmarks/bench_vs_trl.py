@@ -107,14 +107,14 @@ def finish(
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from tic_grpo_cli import train
+    from tic_grpo_cli import train, update
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer
     clock = PhaseClock()
     train.generate = clock.wrap(train.generate, "generate")
-    train.batch_logprobs = clock.wrap(
-        train.batch_logprobs, "old_logprobs", when=lambda: not torch.is_grad_enabled()
+    update.batch_logprobs = clock.wrap(
+        update.batch_logprobs, "old_logprobs", when=lambda: not torch.is_grad_enabled()
     )
     task = SimpleNamespace(score=score_examples)
     optimizer = torch.optim.AdamW(

@@ -94,6 +94,13 @@ def test_each_local_format_loads_the_same_examples(tmp_path, write):
     assert task.score([f"#### {gold}", "#### -1"], [example, example]).correct == [True, False]
 
 
+def test_a_local_file_loads_without_progress_bars(tmp_path, capfd):
+    datasets.enable_progress_bars()
+    build_task(hf_cfg(tmp_path, write_jsonl(tmp_path / "bars.jsonl", GSM8K_ROWS)))
+    captured = capfd.readouterr()
+    assert "Generating" not in captured.err + captured.out
+
+
 def test_splits_stay_arrow_backed_and_render_on_access(tmp_path):
     task = build_task(hf_cfg(tmp_path, write_jsonl(tmp_path / "d.jsonl", GSM8K_ROWS)))
     assert isinstance(task.train.rows, datasets.Dataset)

@@ -233,7 +233,7 @@ def small_rollout(cfg):
 
 @pytest.mark.parametrize("lr", [0.0, 0.5])
 def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch):
-    from tic_grpo_cli import train as train_module
+    from tic_grpo_cli import update as train_module
 
     # K = 4 / 1 = 4 minibatches of 4 rows, micro-batches of 3: chunks of 3 + 1 rows.
     cfg = make_cfg("algorithm=grpo", "trainer.minibatch_size=1", "trainer.micro_batch_size=3")
@@ -261,7 +261,7 @@ def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch
 
 
 def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
-    from tic_grpo_cli import train as train_module
+    from tic_grpo_cli import update as train_module
 
     cfg = make_cfg("algorithm=grpo", "trainer.old_logprobs=sampler")
     model, rollout, generator = small_rollout(cfg)
@@ -281,7 +281,7 @@ def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
 
 
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
-    import tic_grpo_cli.train as train_module
+    import tic_grpo_cli.update as train_module
 
     real = train_module.compute_policy_loss
 

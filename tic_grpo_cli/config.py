@@ -152,7 +152,7 @@ class HardwareConfig:
 @dataclass
 class TrainerConfig:
     # Optimizer steps; one rollout yields K * ppo_epochs of them.
-    max_steps: int = 3000
+    max_steps: int = 2800
     rollout_batch_size: int = 32
     group_size: int = 8
     minibatch_size: int = 8

@@ -54,7 +54,7 @@ OPTIMIZER_DIR = "optimizer"
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # How long `launch` lets interrupted ranks finish their rollout and checkpoint.
 SHUTDOWN_SECONDS = 600
-# Stats reduced by max (or min) over ranks rather than averaged, as train.merge_stats does.
+# Stats reduced by max (or min) over ranks rather than averaged, as update.merge_stats does.
 EXTREMES = ("_max", "/max", "_min", "/min")
 
 

@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache, and the log-probs of given completions.
+"""Batched sampling with a KV cache, the log-probs of given completions, and the record of a
+scored rollout (`Rollout`).
 
 `generate` is the hot path of an RL step, so it is a bare loop: one prefill, then one
 forward per new token on a pre-allocated KV cache; no logits processors, no stopping-criteria
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -37,6 +38,18 @@ class Generation:
     logprobs: Tensor
     texts: list[str]  # decoded completions, special tokens skipped
     finished: Tensor  # [B] bool: ended with EOS (False = truncated at max_new_tokens)
+
+
+@dataclass
+class Rollout:
+    """A scored batch: G completions per prompt, their rewards and group advantages."""
+
+    gen: Generation
+    examples: list[dict[str, Any]]
+    rewards: Tensor  # [N*G]
+    advantages: Tensor  # [N*G]
+    correct: Tensor  # [N*G] bool
+    terms: dict[str, list[float]]
 
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:

@@ -70,6 +70,9 @@ def load_splits(cfg: Any, where: str) -> Any:
         data_files = OmegaConf.to_container(data_files)
     builder = path
     if _is_local(path):
+        # A local file loads in moments: its "Generating train split" bars are noise. Hub
+        # downloads keep theirs.
+        datasets.disable_progress_bars()
         local = Path(path).expanduser()
         if not local.exists():
             raise UserError(
