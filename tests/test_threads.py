@@ -9,7 +9,8 @@ from tic_grpo_cli import threads
 
 
 @pytest.fixture(autouse=True)
-def restore_pool():
+def restore_pool(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -92,3 +93,13 @@ def test_a_short_burst_does_not_resize_the_pool(monkeypatch):
     machine.other = 3.0  # the same load for a whole window is a job: 3 cores taken
     machine.run(2.0)
     assert pool.adjust() == 1
+
+
+def test_omp_num_threads_fixes_the_pool(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun and the parallel launcher set
+    pool = threads.CpuThreads(fixed=None)
+    assert pool.start() == 1
+    machine.run(3.0)
+    assert pool.adjust() == 1
+    assert threads.CpuThreads(fixed=3).start() == 3  # hardware.num_threads still wins

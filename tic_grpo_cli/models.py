@@ -103,8 +103,8 @@ def load_model_and_tokenizer(
 
 def _attention(model_cfg, device: torch.device, mixed_precision: str) -> str | None:
     # torch's CPU SDPA backward in bf16 is slower than the whole rest of a training step
-    # (tiny model: 76 ms of 150); eager attention under the same autocast makes the step 1.5x
-    # faster than float32 on CPUs with AMX (docs/benchmarks.md).
+    # (tiny model: 76 ms of 150); eager attention under the same autocast makes a training
+    # step 1.5x faster than float32 on 1 thread of a CPU with AMX (docs/benchmarks.md).
     if model_cfg.attn_implementation is None and mixed_precision == "bf16" and device.type == "cpu":
         log.info(
             "bf16 autocast on the CPU: eager attention (set model.attn_implementation to override)"

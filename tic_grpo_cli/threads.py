@@ -3,12 +3,15 @@
 Why adapt: torch's intra-op pool waits at the end of every parallel operator for all its
 threads. When another process holds one of the cores, every operator waits for a
 scheduler slice, and a 2-thread job on 2 cores ran 20-50x slower than on 1 thread
-(docs/benchmarks.md). On an idle machine the same job runs ~1.8x faster on 2 threads. So
+(docs/benchmarks.md); on an idle machine the same job runs 1.5x faster on 2 threads. So
 ``hardware.num_threads: null`` (the default) takes the idle cores at start and re-checks
 after every rollout, giving cores back when other processes take them and taking them
-again once they are free. Thread count does not change the numbers torch computes here
-(the fixed-seed test runs are identical on 1 and 2 threads); a fixed
-``hardware.num_threads`` gives a fixed pool anyway.
+again once they are free. OMP_NUM_THREADS, when set (torchrun, the parallel sweep launcher),
+fixes the pool instead, as does a number in ``hardware.num_threads``.
+
+The thread count changes results at the rounding level (reductions split across threads
+sum in another order), and RL amplifies that: the same seed on 1 and 2 threads diverges
+after a few hundred steps. Fix the count for bit-reproducible runs.
 """
 
 from __future__ import annotations
@@ -71,7 +74,10 @@ class CpuThreads:
     ``share`` divides the machine among processes of one job (DDP ranks on one node)."""
 
     def __init__(self, fixed: int | None, share: int = 1):
-        self.fixed = fixed
+        # OMP_NUM_THREADS, when set (by torchrun, by the parallel sweep launcher, by the
+        # user), is a decision already made about this process's share of the machine.
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        self.fixed = fixed or (int(env) if env.isdigit() and int(env) > 0 else None)
         self.cores = max(1, usable_cores() // max(1, share))
         self.window = _WINDOW_S
         self._mark: _Mark | None = None
