@@ -377,3 +377,15 @@ def test_smollm2_from_gguf_answers_and_reloads_without_gguf(tmp_path):
         "torch.testing.assert_close(logits, torch.load(d + '/expected.pt'), atol=1e-4, rtol=1e-4)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "mixed_precision,attn,expected",
+    [("bf16", None, "eager"), ("none", None, "sdpa"), ("bf16", "sdpa", "sdpa")],
+)
+def test_cpu_bf16_defaults_to_eager_attention(mixed_precision, attn, expected):
+    # torch's CPU SDPA backward is slow in bf16; an explicit choice is kept.
+    model, _ = load_model_and_tokenizer(
+        model_cfg(attn_implementation=attn), CPU, torch.float32, mixed_precision
+    )
+    assert model.config._attn_implementation == expected
