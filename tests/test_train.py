@@ -133,6 +133,20 @@ def test_a_fresh_run_in_a_used_dir_sets_the_earlier_rows_aside(tmp_path):
     assert len(earlier) == 1 and read_jsonl(earlier[0]) == first
 
 
+def small_rollout(cfg):
+    """The tiny model, a rollout of 4 prompts, and advantages that vary inside groups (so
+    gradients are not zero)."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, device=torch.device("cpu"), dtype=torch.float32
+    )
+    task = build_task(cfg.dataset, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    rollout = collect_rollout(model, tokenizer, task, task.train[:4], cfg, generator)
+    rollout.advantages = torch.linspace(-1.5, 1.5, len(rollout.advantages))
+    return model, rollout, generator
+
+
 class RecordingOptimizer(torch.optim.SGD):
     """SGD that keeps a copy of the gradient it applies at every step."""
 
@@ -168,16 +182,7 @@ def no_is_gradient(model, rollout, rows, max_len):
 def test_grpo_no_is_applies_gradients_taken_at_theta_old():
     # No gradient clipping, so the applied gradient is the raw one.
     cfg = make_cfg("algorithm=grpo_no_is", "trainer.micro_batch_size=3", "trainer.max_grad_norm=0")
-    torch.manual_seed(0)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model, device=torch.device("cpu"), dtype=torch.float32
-    )
-    task = build_task(cfg.dataset, tokenizer)
-    examples = [task.train[i] for i in range(4)]
-    generator = torch.Generator().manual_seed(0)
-    # Rewards that vary inside groups, so advantages (and gradients) are not zero.
-    rollout = collect_rollout(model, tokenizer, task, examples, cfg, generator)
-    rollout.advantages = torch.linspace(-1.5, 1.5, len(rollout.advantages))
+    model, rollout, generator = small_rollout(cfg)
     theta_old = copy.deepcopy(model)
     frozen = copy.deepcopy(model)
     optimizer = RecordingOptimizer(model.parameters(), lr=0.5)
@@ -217,18 +222,6 @@ def test_lr_schedules(schedule, warmup, expected):
         {"warmup_steps": warmup, "max_steps": 10, "lr_schedule": schedule, "decay_fraction": 0.4}
     )
     assert [lr_lambda(tr)(step) for step in range(10)] == pytest.approx(expected)
-
-
-def small_rollout(cfg):
-    torch.manual_seed(0)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model, device=torch.device("cpu"), dtype=torch.float32
-    )
-    task = build_task(cfg.dataset, tokenizer)
-    generator = torch.Generator().manual_seed(0)
-    rollout = collect_rollout(model, tokenizer, task, task.train[:4], cfg, generator)
-    rollout.advantages = torch.linspace(-1.5, 1.5, len(rollout.advantages))
-    return model, rollout, generator
 
 
 @pytest.mark.parametrize("lr", [0.0, 0.5])

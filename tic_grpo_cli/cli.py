@@ -259,16 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     # Hydra parses sys.argv itself; the program name keeps the subcommand so that help and
     # error messages show the command the user typed.
     sys.argv = [f"tic-grpo {command}", *app_args]
-    if command == "sweep":
-        from tic_grpo_cli.sweep import UNFINISHED_JOBS
+    if command != "sweep":
+        app()
+        return 0
+    from tic_grpo_cli.sweep import UNFINISHED_JOBS
 
-        UNFINISHED_JOBS.clear()
+    UNFINISHED_JOBS.clear()
     app()
-    if command == "sweep":
-        unfinished = {d: n for d, n in UNFINISHED_JOBS.items() if n}
-        for sweep_dir, count in unfinished.items():
-            print(
-                f"error: {count} job(s) did not finish; see {sweep_dir}/summary.md", file=sys.stderr
-            )
-        return 1 if unfinished else 0
-    return 0
+    unfinished = {d: n for d, n in UNFINISHED_JOBS.items() if n}
+    for sweep_dir, count in unfinished.items():
+        print(f"error: {count} job(s) did not finish; see {sweep_dir}/summary.md", file=sys.stderr)
+    return 1 if unfinished else 0

@@ -28,10 +28,9 @@ from pathlib import Path
 from tic_grpo_cli.analysis.gradient_bias import MAX_COMPLETIONS, BiasConfig, run
 
 DEFAULT_OUT = Path("outputs/analysis/length_sensitivity")
-COLUMNS = (
-    "length", "seed", "kl_old_new", "rho_max", "drift", "err_grpo", "err_no_is", "err_tic",
-    "uncorrected", "first_k_tic_cap", "first_k_grpo_clip",
-)  # fmt: skip
+MEANS = ("kl_old_new", "rho_max", "drift", "err_grpo", "err_no_is", "err_tic", "uncorrected")
+FIRSTS = ("first_k_tic_cap", "first_k_grpo_clip")  # inner step a clip first bound, or None
+COLUMNS = ("length", "seed", *MEANS, *FIRSTS)
 
 
 def measure(length: int, seed: int, steps: int, eos: bool, vocab: int) -> dict:
@@ -66,9 +65,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     for length in sorted({r["length"] for r in rows}):
         mine = [r for r in rows if r["length"] == length]
         line: dict = {"length": length, "seeds": len(mine)}
-        for key in COLUMNS[2:9]:
+        for key in MEANS:
             line[key] = statistics.fmean(r[key] for r in mine)
-        for key in COLUMNS[9:]:
+        for key in FIRSTS:
             hits = [r[key] for r in mine if r[key] is not None]
             line[key] = min(hits) if hits else None
         out.append(line)
@@ -82,7 +81,7 @@ def markdown(summary: list[dict], steps: int) -> str:
     )
     lines = [head, "|" + "---|" * 11]
     for s in summary:
-        first = ["-" if s[k] is None else str(s[k]) for k in COLUMNS[9:]]
+        first = ["-" if s[k] is None else str(s[k]) for k in FIRSTS]
         lines.append(
             f"| {s['length']} | {s['seeds']} | {s['kl_old_new']:.4f} | {s['rho_max']:.3f} | "
             f"{s['drift']:.3f} | {s['err_grpo']:.3f} | {s['err_no_is']:.3f} | "
