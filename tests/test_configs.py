@@ -11,7 +11,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import ConfigError, register_configs, validate_eval, validate_train
+from tic_grpo_cli.config import ConfigError, register_configs
+from tic_grpo_cli.validation import validate_eval, validate_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("algorithm", "model", "dataset", "hardware", "experiment")

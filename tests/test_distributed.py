@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 
 from tic_grpo_cli import distributed
-from tic_grpo_cli.config import ConfigError, register_configs, validate_train
+from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import UserError
@@ -48,6 +48,7 @@ from tic_grpo_cli.train import (
     gather_rollout,
     policy_update,
 )
+from tic_grpo_cli.validation import validate_train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

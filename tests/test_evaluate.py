@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_module
 from tic_grpo_cli import rollout
 from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.evaluate import evaluate, evaluate_model, record_in_run, select_examples
+from tic_grpo_cli.eval_model import evaluate_model, select_examples
+from tic_grpo_cli.evaluate import evaluate, record_in_run
 from tic_grpo_cli.metrics import majority_vote, pass_at_k, pass_ks, summarize
 
 TINY = Path(__file__).resolve().parents[1] / "tic_grpo_cli" / "assets" / "tiny" / "config.json"

@@ -20,8 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tic_grpo_cli import sweep
-from tic_grpo_cli.config import register_configs, validate_train
+from tic_grpo_cli.config import register_configs
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.validation import validate_train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T2, T1 = 4.302653, 12.706205  # t(0.975, df) for df = 2 and 1, from printed tables

@@ -19,8 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tic_grpo_cli.config import register_configs, validate_eval, validate_train
+from tic_grpo_cli.config import register_configs
 from tic_grpo_cli.errors import Interrupted, UserError
+from tic_grpo_cli.validation import validate_eval, validate_train
 
 CONFIG_PATH = "pkg://tic_grpo_cli.conf"
 SUBCOMMANDS = {

@@ -1,6 +1,6 @@
 """Evaluation metrics over sampled completions: Avg@k, unbiased pass@k, maj@k.
 
-Pure functions of the per-example predictions that `evaluate.evaluate_model` builds, so
+Pure functions of the per-example predictions that `eval_model.evaluate_model` builds, so
 each can be checked against numbers worked out by hand.
 """
 

@@ -32,15 +32,15 @@ from tic_grpo_cli import distributed, observe
 from tic_grpo_cli.algorithms import (
     group_advantages,
 )
-from tic_grpo_cli.config import validate_train
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import Interrupted, UserError
-from tic_grpo_cli.evaluate import evaluate_model
+from tic_grpo_cli.eval_model import evaluate_model
 from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
 from tic_grpo_cli.rollout import Generation, Rollout, generate
 from tic_grpo_cli.threads import CpuThreads
 from tic_grpo_cli.update import policy_update
+from tic_grpo_cli.validation import validate_train
 
 log = logging.getLogger("tic_grpo")
 

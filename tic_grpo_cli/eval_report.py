@@ -1,0 +1,87 @@
+"""How `tic-grpo eval` shows its results: the terminal table and the accuracy-vs-step plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+# Short table headers, so a table of 8 samples fits an 80-column terminal.
+HEADERS = {
+    "accuracy": "acc",
+    "reward/mean": "reward",
+    "completion_length/mean": "len",
+    "unparseable_fraction": "unparsed",
+    "num_examples": "n",
+}
+
+
+def _format_value(key: str, value: Any) -> str:
+    if key == "num_examples":
+        return str(int(value))
+    if key == "completion_length/mean":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One log line: `accuracy 0.500 | reward/mean 0.500 | ...`."""
+    return " | ".join(f"{k} {_format_value(k, v)}" for k, v in metrics.items())
+
+
+def title_of(cfg: DictConfig, dataset: dict[str, Any]) -> str:
+    """The table and plot title: data set, split, how many examples, the decoding."""
+    ev = cfg.eval
+    decoding = "greedy" if ev.temperature == 0 else f"T={ev.temperature}, {ev.num_samples} samples"
+    return (
+        f"{dataset['name']} / {dataset['split']}: {dataset['num_evaluated']} of "
+        f"{dataset['size']} examples, {decoding}"
+    )
+
+
+def print_table(entries: list[dict[str, Any]], title: str, caption: str | None = None) -> None:
+    """One row per checkpoint or model; plain text when stdout is not a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    # pass@1 is c/n, the same number as accuracy: one column is enough.
+    keys = [key for key in entries[0]["metrics"] if key != "pass@1"]
+    table = Table(title=title, caption=caption)
+    table.add_column("checkpoint" if entries[0]["checkpoint"] else "model", overflow="fold")
+    for key in keys:
+        table.add_column(HEADERS.get(key, key), justify="right")
+    for entry in entries:
+        table.add_row(entry["label"], *(_format_value(k, entry["metrics"][k]) for k in keys))
+    # Off a terminal rich assumes 80 columns and would squeeze the numbers.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def plot_accuracy_vs_step(entries: list[dict[str, Any]], out_path: Path, title: str = "") -> None:
+    """Accuracy (Avg@k), and pass@k and maj@k when sampled, against training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((e for e in entries if e["step"] is not None), key=lambda e: e["step"])
+    steps = [e["step"] for e in points]
+    n = max((int(k[5:]) for k in entries[0]["metrics"] if k.startswith("pass@")), default=1)
+    curves = {"accuracy": "accuracy" if n == 1 else f"accuracy (Avg@{n})"}
+    if n > 1:
+        curves |= {f"pass@{n}": f"pass@{n}", f"maj@{n}": f"maj@{n}"}
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for key, label in curves.items():
+        ax.plot(steps, [e["metrics"][key] for e in points], marker="o", label=label)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out_path)

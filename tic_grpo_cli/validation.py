@@ -1,0 +1,182 @@
+"""Semantic checks on a composed config: what Hydra's typed schemas cannot say by themselves.
+
+Ranges, divisibility, allowed names, keys that only make sense together. Each check raises
+`ConfigError` naming the key, the value and what is allowed, before any model or data loads.
+The schemas and the allowed values live in `config.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig
+
+from tic_grpo_cli.config import (
+    AGGREGATIONS,
+    ALGORITHMS,
+    ARITHMETIC_OPERATORS,
+    BACKENDS,
+    CHAT_TEMPLATE_MODES,
+    COUNTDOWN_OPERATORS,
+    DATASET_KINDS,
+    DEVICES,
+    DISTRIBUTED,
+    DTYPES,
+    KL_ESTIMATORS,
+    LR_SCHEDULES,
+    SCORERS,
+    WANDB_MODES,
+    ConfigError,
+)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _validate_dataset(data: DictConfig) -> None:
+    _one_of(data.kind, DATASET_KINDS, "dataset.kind")
+    _one_of(data.reward.scorer, SCORERS, "dataset.reward.scorer")
+    # YAML reads `true` as a bool, which the str field stores as "True".
+    _one_of(str(data.use_chat_template).lower(), CHAT_TEMPLATE_MODES, "dataset.use_chat_template")
+    _check(data.max_completion_length >= 1, "dataset.max_completion_length", "must be >= 1")
+    if data.kind == "hf":
+        _check(bool(data.path), "dataset.path", "required for kind=hf (a hub name or a file)")
+        _check(
+            data.train_split is not None or data.test_split is not None,
+            "dataset.train_split",
+            "train_split and test_split cannot both be null",
+        )
+        _check(
+            data.train_split != data.test_split,
+            "dataset.test_split",
+            f"{data.test_split!r} is also the train split; set it to null to hold out "
+            "dataset.test_size rows of the train split instead",
+        )
+    else:
+        _check(data.train_size >= 1, "dataset.train_size", f"must be >= 1, got {data.train_size}")
+        allowed = ARITHMETIC_OPERATORS if data.kind == "arithmetic" else COUNTDOWN_OPERATORS
+        _check(len(data.operators) > 0, "dataset.operators", "must not be empty")
+        for op in data.operators:
+            _one_of(op, allowed, "dataset.operators")
+    _check(data.test_size >= 1, "dataset.test_size", f"must be >= 1, got {data.test_size}")
+    if data.kind == "arithmetic":
+        _check(1 <= data.digits <= 9, "dataset.digits", f"must be in [1, 9], got {data.digits}")
+    if data.kind == "countdown":
+        _check(data.num_numbers >= 2, "dataset.num_numbers", "must be >= 2")
+        _check(data.max_number >= 1, "dataset.max_number", "must be >= 1")
+        _check(data.max_target >= 1, "dataset.max_target", "must be >= 1")
+    reward = data.reward
+    if reward.fn is not None:
+        module, _, name = str(reward.fn).partition(":")
+        _check(
+            bool(module) and name.isidentifier(),
+            "dataset.reward.fn",
+            f"got {reward.fn!r}; expected package.module:function",
+        )
+    if reward.format_pattern is not None:
+        try:
+            re.compile(reward.format_pattern)
+        except re.error as err:
+            raise ConfigError(f"dataset.reward.format_pattern: not a regex ({err})") from None
+    _check(reward.format_weight >= 0, "dataset.reward.format_weight", "must be >= 0")
+    _check(
+        reward.format_weight == 0 or reward.format_pattern is not None,
+        "dataset.reward.format_weight",
+        "has no effect without dataset.reward.format_pattern; set both",
+    )
+
+
+def validate_common(cfg: DictConfig) -> None:
+    hw, model, data = cfg.hardware, cfg.model, cfg.dataset
+    _one_of(hw.device, DEVICES, "hardware.device")
+    _one_of(hw.dtype, DTYPES, "hardware.dtype")
+    _one_of(hw.distributed, DISTRIBUTED, "hardware.distributed")
+    _one_of(hw.mixed_precision, ("none", "bf16"), "hardware.mixed_precision")
+    _one_of(hw.backend, BACKENDS, "hardware.backend")
+    _check(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
+    _one_of(model.dtype, DTYPES, "model.dtype")
+    _validate_dataset(data)
+    _check(hw.num_threads is None or hw.num_threads >= 1, "hardware.num_threads", "must be >= 1")
+    if model.lora.enabled:
+        _check(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Semantic checks on a composed train config; raises ConfigError naming the key."""
+    validate_common(cfg)
+    alg, tr = cfg.algorithm, cfg.trainer
+    _one_of(alg.name, ALGORITHMS, "algorithm.name")
+    if alg.aggregation is not None:
+        _one_of(alg.aggregation, AGGREGATIONS, "algorithm.aggregation")
+    _one_of(alg.kl_estimator, KL_ESTIMATORS, "algorithm.kl_estimator")
+    _check(alg.epsilon_high > 0, "algorithm.epsilon_high", f"must be > 0, got {alg.epsilon_high}")
+    _check(
+        0 <= alg.epsilon_low < 1,
+        "algorithm.epsilon_low",
+        f"must be in [0, 1), got {alg.epsilon_low}",
+    )
+    _check(alg.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {alg.kl_coef}")
+    _check(tr.group_size >= 2, "trainer.group_size", f"must be >= 2, got {tr.group_size}")
+    _check(tr.rollout_batch_size >= 1, "trainer.rollout_batch_size", "must be >= 1")
+    _check(
+        tr.minibatch_size >= 1 and tr.rollout_batch_size % tr.minibatch_size == 0,
+        "trainer.minibatch_size",
+        f"{tr.minibatch_size} must divide trainer.rollout_batch_size={tr.rollout_batch_size} "
+        "(both count prompts; K = rollout_batch_size / minibatch_size)",
+    )
+    for key in ("max_steps", "micro_batch_size", "ppo_epochs", "max_completion_length"):
+        _check(tr[key] >= 1, f"trainer.{key}", f"must be >= 1, got {tr[key]}")
+    for key in ("eval_every", "log_every", "log_samples_every", "save_every", "keep_last"):
+        _check(tr[key] >= 0, f"trainer.{key}", f"must be >= 0, got {tr[key]}")
+    _check(
+        tr.generation_batch_size is None or tr.generation_batch_size >= 1,
+        "trainer.generation_batch_size",
+        "must be >= 1 or null (null: the whole rollout at once)",
+    )
+    _check(tr.lr > 0, "trainer.lr", f"must be > 0, got {tr.lr}")
+    _check(tr.temperature > 0, "trainer.temperature", "must be > 0 for RL sampling")
+    _check(0 < tr.top_p <= 1, "trainer.top_p", f"must be in (0, 1], got {tr.top_p}")
+    _one_of(tr.lr_schedule, LR_SCHEDULES, "trainer.lr_schedule")
+    _check(
+        0 < tr.decay_fraction <= 1,
+        "trainer.decay_fraction",
+        f"must be in (0, 1], got {tr.decay_fraction}",
+    )
+    _one_of(tr.old_logprobs, ("recompute", "sampler"), "trainer.old_logprobs")
+    _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    validate_common(cfg)
+    ev = cfg.eval
+    _check(ev.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {ev.num_samples}")
+    _check(ev.temperature >= 0, "eval.temperature", "must be >= 0 (0 = greedy)")
+    _check(
+        ev.num_samples == 1 or ev.temperature > 0,
+        "eval.temperature",
+        f"must be > 0 when eval.num_samples={ev.num_samples} (greedy samples are all the same)",
+    )
+    _check(ev.limit is None or ev.limit >= 1, "eval.limit", "must be >= 1 or null")
+    _check(0 < ev.top_p <= 1, "eval.top_p", f"must be in (0, 1], got {ev.top_p}")
+    _check(ev.top_k >= 0, "eval.top_k", f"must be >= 0 (0 = off), got {ev.top_k}")
+    _check(ev.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {ev.max_new_tokens}")
+    _check(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    sel = cfg.checkpoint
+    _check(
+        not sel.all or sel.path is not None,
+        "checkpoint.all",
+        "needs checkpoint=<training run dir> (all of its checkpoints are evaluated)",
+    )
+    _check(
+        not ev.log_to_run or sel.path is not None,
+        "eval.log_to_run",
+        "needs checkpoint=<training run dir or one of its checkpoints>",
+    )
+    _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
