@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -19,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from tic_grpo_cli import overrides
 from tic_grpo_cli.config import register_configs
 from tic_grpo_cli.errors import Interrupted, UserError
 from tic_grpo_cli.validation import validate_eval, validate_train
@@ -154,63 +154,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-_NO_PRECHECK = {
-    "--help",
-    "-h",
-    "--hydra-help",
-    "--info",
-    "-i",
-    "--shell-completion",
-    "-sc",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--multirun",
-    "-m",
-    "--version",
-}
-_SWEEP_SYNTAX = re.compile(r"^[^=]*=.*(,|range\(|choice\(|interval\(|glob\()")
-
-
-def _precheck(config_name: str, args: list[str]) -> None:
-    """Compose the config once before Hydra does, to turn its multi-line composition errors
-    into one line naming the override at fault. Skipped for sweeps and Hydra's own flags,
-    where Hydra's messages stand."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1" or _NO_PRECHECK & set(args):
-        return
-    overrides, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("--cfg", "-c", "--package", "-p"):
-            skip = True
-        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
-            overrides.append(arg)
-    if any(_SWEEP_SYNTAX.match(a) for a in overrides):
-        return
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException, MissingConfigException
-
-    try:
-        with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except MissingConfigException as err:
-        group = str(err).split("Could not find '", 1)[-1].split("/", 1)[0]
-        choice = next((a for a in overrides if a.lstrip("+").split("=")[0] == group), group)
-        _fail(f"{choice}: no such option; allowed: {', '.join(err.options or [])}")
-    except HydraException as err:
-        cause = err.__cause__
-        key = getattr(cause, "full_key", None)
-        detail = getattr(cause, "msg", None) or str(err).splitlines()[0]
-        hint = ""
-        if "not in" in str(detail) or "Could not override" in str(err):
-            hint = f" (unknown key; check the spelling, or add a new key with +{key}=...)"
-        _fail(f"{key or 'override'}: {str(detail).splitlines()[0]}{hint}")
-
-
 def _eval_argv(args: list[str]) -> list[str]:
     # `checkpoint=<path>` is the natural spelling, but `checkpoint` is a node with `all` beside
     # `path`; map the short form onto the path key.
@@ -256,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": (sweep_app, _sweep_argv(rest)),
     }
     app, app_args = apps[command]
-    _precheck({"train": "train", "eval": "eval", "sweep": "sweep"}[command], app_args)
+    if not any(a.startswith("aggregate=") for a in app_args):
+        validate = validate_eval if command == "eval" else validate_train
+        _guarded(lambda: overrides.check(command, app_args, validate))
     # Hydra parses sys.argv itself; the program name keeps the subcommand so that help and
     # error messages show the command the user typed.
     sys.argv = [f"tic-grpo {command}", *app_args]

@@ -1,4 +1,9 @@
-"""The one exception type users see as a single line instead of a traceback."""
+"""The one exception type users see as a single line instead of a traceback, and the
+"did you mean" hint such a line carries for a misspelt name."""
+
+from __future__ import annotations
+
+import difflib
 
 
 class UserError(Exception):
@@ -7,3 +12,24 @@ class UserError(Exception):
 
 class Interrupted(UserError):
     """A run stopped by SIGINT/SIGTERM after saving a checkpoint: a sweep stops with it."""
+
+
+def suggest(word: str, options: list[str], n: int = 3) -> list[str]:
+    """The closest spellings of `word` among `options`, best first.
+
+    An option that `word` starts with, or that starts with `word`, comes first (`tic_grpo`
+    -> `tic`, `smol` -> `smollm2_135m`); then difflib's matches within 0.1 of the best ratio,
+    so `max_step` gets `max_steps` and not every `*_steps`.
+    """
+    prefixed = [o for o in options if word.startswith(o) or o.startswith(word)]
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, word, o).ratio(), o) for o in options), reverse=True
+    )
+    best = scored[0][0] if scored else 0.0
+    close = [o for ratio, o in scored if ratio >= max(0.6, best - 0.1)]
+    return list(dict.fromkeys(prefixed + close))[:n]
+
+
+def did_you_mean(close: list[str]) -> str:
+    """`; did you mean a or b?`, or an empty string when nothing is close."""
+    return f"; did you mean {' or '.join(close)}?" if close else ""

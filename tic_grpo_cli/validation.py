@@ -29,6 +29,7 @@ from tic_grpo_cli.config import (
     WANDB_MODES,
     ConfigError,
 )
+from tic_grpo_cli.errors import did_you_mean, suggest
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -37,7 +38,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> None:
-    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
+    hint = did_you_mean(suggest(str(value), list(allowed)))
+    _check(value in allowed, key, f"got {value!r}{hint} (allowed: {', '.join(allowed)})")
 
 
 def _validate_dataset(data: DictConfig) -> None:

@@ -1,0 +1,143 @@
+"""Typos on the command line get a correction, not a trap (issue 19).
+
+Before: `trainer.max_step=5` was answered with a hint to write `+trainer.max_step=5`, and that
+started the full default run with the key ignored; `tic-grpo sweep algorithm=grpo,foo` printed
+Hydra's 15-line error. Each case here failed on that code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tic_grpo_cli import overrides
+from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.errors import UserError, suggest
+from tic_grpo_cli.validation import validate_eval, validate_train
+
+
+@pytest.fixture(autouse=True)
+def _schemas():
+    register_configs()
+
+
+def refused(command: str, *args: str) -> str:
+    validate = validate_eval if command == "eval" else validate_train
+    with pytest.raises(UserError) as err:
+        overrides.check(command, list(args), validate)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "word,options,expected",
+    [
+        ("tic_grpo", ["grpo", "tic", "dapo", "gspo"], "tic"),  # a prefix beats a longer match
+        ("smol", ["tiny", "smollm2_135m"], "smollm2_135m"),
+        ("max_step", ["max_steps", "warmup_steps", "max_nonfinite_steps"], "max_steps"),
+        ("gpus", ["cpu", "gpu", "ddp"], "gpu"),
+    ],
+)
+def test_suggest_puts_the_intended_name_first(word, options, expected):
+    assert suggest(word, options)[0] == expected
+
+
+def test_suggest_keeps_only_names_near_the_best():
+    # warmup_steps is a fair difflib match for max_step, but much worse than max_steps.
+    assert suggest("max_step", ["max_steps", "warmup_steps", "max_nonfinite_steps"]) == [
+        "max_steps"
+    ]
+    assert suggest("zzz", ["max_steps", "tic"]) == []
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.max_step=5", "+trainer.max_step=5", "++trainer.max_step=5"]
+)
+def test_a_misspelt_key_is_refused_with_or_without_plus(override):
+    assert refused("train", override) == (
+        "trainer.max_step: no such config key; did you mean trainer.max_steps?"
+    )
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("max_steps=5", "did you mean trainer.max_steps?"),  # the group left out
+        ("algorithm.lr=1", "did you mean trainer.lr"),  # the key under another group
+        ("~trainer.max_step", "did you mean trainer.max_steps?"),
+        ("+extra.note=hi", "`tic-grpo train --cfg job` lists them"),  # nothing close
+    ],
+)
+def test_unknown_keys_name_the_closest_valid_ones(override, expected):
+    assert expected in refused("train", override)
+
+
+def test_unknown_group_options_get_a_suggestion_and_the_list():
+    message = refused("train", "algorithm=tic_grpo")
+    assert message.startswith("algorithm=tic_grpo: no such option; did you mean tic or")
+    assert "(allowed: dapo, dr_grpo, grpo, grpo_no_is, gspo, tic, traj_is, ub_clip)" in message
+    assert "did you mean smollm2_135m?" in refused("eval", "model=smol")
+
+
+def test_bad_enum_values_get_a_suggestion():
+    with pytest.raises(
+        UserError, match=r"algorithm\.name: got 'tics'; did you mean tic\? \(allowed"
+    ):
+        overrides.check("train", ["-m", "algorithm.name=grpo,tics"], validate_train)
+
+
+def test_valid_overrides_pass():
+    overrides.check(
+        "train",
+        ["trainer.max_steps=5", "algorithm=grpo", "+experiment=paper_fig1", "~experiment"],
+        validate_train,
+    )
+    # A free-form value (an Any field) may take sub-keys; Hydra's flags are left to Hydra.
+    overrides.check("train", ["+dataset.data_files.train=a.jsonl", "--cfg", "job"], validate_train)
+    overrides.check("eval", ["checkpoint.path=x", "eval.num_samples=4", "eval.temperature=1"])
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["-m", "algorithm=grpo,foo"], "algorithm=foo: no such option"),
+        (["-m", "seed=0,1", "trainer.max_step=1,2"], "trainer.max_step: no such config key"),
+        # Every value is checked, not just the first job's.
+        (["-m", "algorithm.kl_estimator=k3,k4"], "algorithm.kl_estimator: got 'k4'"),
+        (["-m", "trainer.minibatch_size=8,3"], "trainer.minibatch_size: 3 must divide"),
+        (["-m", "seed=range(0,2)", "trainer.lr=choice(1e-5,x)"], "trainer.lr: Value 'x'"),
+    ],
+)
+def test_every_value_of_a_sweep_is_checked_before_the_first_job(args, expected):
+    assert refused("sweep", *args).startswith(expected)
+
+
+def cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "tic_grpo_cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**env, "WANDB_MODE": "disabled"},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ("train", "+trainer.max_step=5"),
+            "error: trainer.max_step: no such config key; did you mean trainer.max_steps?",
+        ),
+        (("sweep", "algorithm=grpo,foo"), "error: algorithm=foo: no such option"),
+    ],
+)
+def test_the_cli_answers_a_typo_in_one_line_and_runs_nothing(tmp_path, args, line):
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[0].startswith(line) and len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,192 @@
+"""Command-line overrides checked before Hydra runs anything: typos get a correction.
+
+Hydra accepts `+trainer.max_step=5` (a new key nobody reads) and answers a misspelt
+`trainer.max_step=5` with a hint to add the `+`, so following its advice starts the full
+default run with the key ignored. Here every override is checked against the composed
+config first: an unknown key (with or without `+`), an unknown group option or a bad value
+stops with one line naming the closest valid spellings (difflib). Sweeps (`a=x,y`,
+`range()`, `choice()`) are checked value by value, so `tic-grpo sweep algorithm=grpo,foo`
+fails at once instead of after the first job. Runs before Hydra creates a run dir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from tic_grpo_cli.errors import UserError, did_you_mean, suggest
+
+# Hydra's own flags: its messages (or its help) stand, nothing to compose.
+NO_PRECHECK = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--version",
+}
+_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p")
+
+
+def suggest_key(key: str, keys: list[str], n: int = 3) -> list[str]:
+    """The closest dotted config keys to `key`: a sibling under the same parent first
+    (`trainer.max_step` -> `trainer.max_steps`), else any key with a close last part
+    (`max_steps` -> `trainer.max_steps`, `algorithm.lr` -> `trainer.lr`)."""
+    parent, _, leaf = key.rpartition(".")
+    for pool in ([k for k in keys if k.rpartition(".")[0] == parent], keys):
+        leaves = suggest(leaf, sorted({k.rpartition(".")[2] for k in pool}), n)
+        found = [k for name in leaves for k in pool if k.rpartition(".")[2] == name]
+        if found:
+            return found[:n]
+    return []
+
+
+def check(
+    config_name: str,
+    args: list[str],
+    validate: Callable[[DictConfig], None] | None = None,
+) -> None:
+    """Compose `config_name` with the overrides in `args` and raise UserError on the first
+    unknown key, unknown group option, bad type or (for each value of a sweep) a value
+    `validate` rejects. Hydra flags are skipped; HYDRA_FULL_ERROR=1 skips the check."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or NO_PRECHECK & set(args):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(_override_args(args))
+    except OverrideParseException as err:
+        raise UserError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
+    multirun = bool({"-m", "--multirun"} & set(args))
+    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
+        groups = [o for o in overrides if _is_group(o)]
+        for override in groups:
+            _check_group_values(override)
+        base = _compose(config_name, _first(groups))
+        keys = _all_keys(base)
+        for override in overrides:
+            if override not in groups:
+                _check_key(config_name, override, base, keys)
+        per_override = [_values(o) for o in overrides]
+        job = _compose(config_name, [values[0] for values in per_override if values])
+        if not multirun or validate is None:
+            return
+        validate(job)
+        # Each other value of each sweep once, every other override at its first value.
+        for i, values in enumerate(per_override):
+            for line in values[1:]:
+                job_lines = [line if j == i else v[0] for j, v in enumerate(per_override) if v]
+                validate(_compose(config_name, job_lines))
+
+
+def _override_args(args: list[str]) -> list[str]:
+    """The `key=value` overrides of a command line, without Hydra's flags and hydra.* keys."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+            out.append(arg)
+    return out
+
+
+def _is_group(override: Override) -> bool:
+    repo = GlobalHydra.instance().config_loader().repository  # type: ignore[attr-defined]
+    return repo.group_exists(override.key_or_group)
+
+
+def _values(override: Override) -> list[str]:
+    """The job-level overrides one override stands for: itself, or one per sweep value
+    (none for a sweep that cannot be listed, such as Optuna's interval())."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    if not override.is_discrete_sweep():
+        return []
+    # As Hydra's basic sweeper splits a sweep into its jobs' overrides.
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def _first(overrides: list[Override]) -> list[str]:
+    return [values[0] for values in map(_values, overrides) if values]
+
+
+def _check_group_values(override: Override) -> None:
+    if override.type == OverrideType.DEL:
+        return
+    group = override.key_or_group
+    loader = GlobalHydra.instance().config_loader()
+    options = sorted(loader.get_group_options(group))
+    for line in _values(override):
+        value = line.split("=", 1)[1]
+        if value not in options and value != "null":
+            raise UserError(
+                f"{group}={value}: no such option{did_you_mean(suggest(value, options))} "
+                f"(allowed: {', '.join(options)})"
+            )
+
+
+def _check_key(command: str, override: Override, cfg: DictConfig, keys: list[str]) -> None:
+    key = override.key_or_group
+    if not _unknown(cfg, key):
+        return
+    hint = did_you_mean(suggest_key(key, keys)) or f"; `tic-grpo {command} --cfg job` lists them"
+    raise UserError(f"{key}: no such config key{hint}")
+
+
+def _unknown(cfg: DictConfig, key: str) -> bool:
+    """True when `key` names nothing in `cfg` and no free-form node could hold it: under a
+    typed (schema) node a new key is a typo that nothing would read."""
+    node: object = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return False  # inside a value (a list, an Any field): composing judges it
+        # keys(), not `in node`: `in` is False for a key whose value is ??? (missing).
+        if part not in node.keys():  # noqa: SIM118
+            return OmegaConf.get_type(node) is not dict
+        node = node._get_node(part)
+    return False
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    return list(_walk(cfg, prefix))
+
+
+def _walk(node: DictConfig, prefix: str) -> Iterator[str]:
+    for name in node:
+        key = f"{prefix}{name}"
+        yield key
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            yield from _walk(child, f"{key}.")
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    try:
+        return compose(config_name, overrides=overrides)
+    except MissingConfigException as err:
+        group = str(err).split("Could not find '", 1)[-1].split("/", 1)[0]
+        choice = next((o for o in overrides if o.lstrip("+").split("=")[0] == group), group)
+        raise UserError(
+            f"{choice}: no such option; allowed: {', '.join(err.options or [])}"
+        ) from None
+    except HydraException as err:
+        cause = err.__cause__
+        key = getattr(cause, "full_key", None)
+        detail = getattr(cause, "msg", None) or str(err).splitlines()[0]
+        raise UserError(f"{key or 'override'}: {str(detail).splitlines()[0]}") from None
