@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from tic_grpo_cli import sweep
 from tic_grpo_cli.config import register_configs
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.sweep_stats import describe, t_quantile_975
 from tic_grpo_cli.validation import validate_train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,12 +70,12 @@ def summary_of(final, best, reward, wall, tps):
     [(1, 12.706205), (2, 4.302653), (3, 3.182446), (4, 2.776445), (10, 2.228139), (30, 2.042272)],
 )
 def test_t_quantile_matches_the_tables(df, expected):
-    assert sweep.t_quantile_975(df) == pytest.approx(expected, abs=1e-6)
+    assert t_quantile_975(df) == pytest.approx(expected, abs=1e-6)
 
 
 def test_describe_small_samples():
-    assert sweep.describe([]) == {"mean": None, "std": None, "ci95_low": None, "ci95_high": None}
-    assert sweep.describe([0.3]) == {"mean": 0.3, "std": None, "ci95_low": None, "ci95_high": None}
+    assert describe([]) == {"mean": None, "std": None, "ci95_low": None, "ci95_high": None}
+    assert describe([0.3]) == {"mean": 0.3, "std": None, "ci95_low": None, "ci95_high": None}
 
 
 @pytest.fixture
@@ -222,7 +223,7 @@ def test_callback_summarises_the_sweep_dir(hand_made_sweep):
 
 def test_module_import_stays_light():
     code = (
-        "import sys, tic_grpo_cli.sweep; "
+        "import sys, tic_grpo_cli.sweep, tic_grpo_cli.sweep_jobs, tic_grpo_cli.sweep_report; "
         "print(sorted(m for m in ('torch', 'matplotlib', 'rich') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
