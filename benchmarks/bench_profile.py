@@ -24,15 +24,14 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 
 def one_rollout(state: dict, batch) -> None:
-    from tic_grpo_cli import train
+    from tic_grpo_cli.collect import collect_rollout
+    from tic_grpo_cli.update import policy_update
 
     cfg, model, tokenizer, gen = state["cfg"], state["model"], state["tokenizer"], state["gen"]
     with record_function("collect_rollout"):
-        rollout = train.collect_rollout(model, tokenizer, state["task"], batch, cfg, gen)
+        rollout = collect_rollout(model, tokenizer, state["task"], batch, cfg, gen)
     with record_function("policy_update"):
-        train.policy_update(
-            model, None, None, state["optimizer"], state["scheduler"], rollout, cfg, gen
-        )
+        policy_update(model, None, None, state["optimizer"], state["scheduler"], rollout, cfg, gen)
 
 
 def main() -> None:

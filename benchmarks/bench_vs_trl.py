@@ -107,12 +107,12 @@ def finish(
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from tic_grpo_cli import train, update
+    from tic_grpo_cli import collect, train, update
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer
     clock = PhaseClock()
-    train.generate = clock.wrap(train.generate, "generate")
+    collect.generate = clock.wrap(collect.generate, "generate")
     update.batch_logprobs = clock.wrap(
         update.batch_logprobs, "old_logprobs", when=lambda: not torch.is_grad_enabled()
     )
@@ -131,9 +131,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         batch = examples[r * args.prompts : (r + 1) * args.prompts]
         before = benchlib.Snapshot.now()
         t0 = time.perf_counter()
-        rollout = train.collect_rollout(model, tokenizer, task, batch, cfg, generator)
+        rollout = collect.collect_rollout(model, tokenizer, task, batch, cfg, generator)
         t1 = time.perf_counter()
-        rows = train.policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+        rows = update.policy_update(
+            model, None, None, optimizer, scheduler, rollout, cfg, generator
+        )
         t2 = time.perf_counter()
         assert len(rows) == args.k
         phases = defaultdict(float, clock.take())
