@@ -4,6 +4,7 @@ assembly, checkpoint resolution on a fake run dir, and one-line errors for bad i
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -18,7 +19,8 @@ from hydra import compose, initialize_config_module
 from tic_grpo_cli import rollout
 from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.eval_model import evaluate_model, select_examples
+from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning, select_examples
+from tic_grpo_cli.eval_report import print_table
 from tic_grpo_cli.evaluate import evaluate, record_in_run
 from tic_grpo_cli.metrics import majority_vote, pass_at_k, pass_ks, summarize
 
@@ -111,12 +113,13 @@ def test_summarize_two_examples_of_four_samples():
     assert m["completion_length/mean"] == pytest.approx(18 / 8)
     assert m["reward/mean"] == pytest.approx(2 / 8)
     assert m["num_examples"] == 2
+    assert m["avg@4"] == m["accuracy"]  # the paper's name for the mean over samples
 
 
 def test_summarize_greedy_has_no_majority_vote():
     m = summarize([_prediction([True], ["1"]), _prediction([False], [None])], 1)
     assert m["accuracy"] == m["pass@1"] == 0.5
-    assert not any(key.startswith("maj@") for key in m)
+    assert not any(key.startswith(("maj@", "avg@")) for key in m)
 
 
 # --------------------------------------------------------------------------- subsets
@@ -166,7 +169,9 @@ def fake_generate(calls):
             k = seen[p] = seen.get(p, -1) + 1
             texts.append(p[1:] if k % 2 == 0 else "x")
         mask = torch.ones(len(prompts), 2, dtype=torch.bool)
-        return SimpleNamespace(texts=texts, completion_mask=mask)
+        # The wrong ("x") completions are the ones cut at the length limit.
+        finished = torch.tensor([text != "x" for text in texts])
+        return SimpleNamespace(texts=texts, completion_mask=mask, finished=finished)
 
     return generate
 
@@ -187,6 +192,25 @@ def test_evaluate_model_assembles_predictions_and_metrics(monkeypatch):
     assert metrics["maj@4"] == 1.0
     assert metrics["unparseable_fraction"] == 0.5
     assert metrics["num_examples"] == 5
+    assert preds[3]["finished"] == [True, False, True, False]
+    assert metrics["truncated_fraction"] == 0.5  # 10 of 20 completions cut
+
+
+def test_most_completions_cut_at_the_limit_is_a_warning_naming_the_key():
+    assert length_limit_warning({"truncated_fraction": 0.5}, 8, "eval.max_new_tokens") is None
+    warning = length_limit_warning({"truncated_fraction": 0.75}, 8, "eval.max_new_tokens")
+    assert warning is not None and "\n" not in warning
+    assert "75% of completions hit the 8-token limit" in warning
+    assert "raise eval.max_new_tokens" in warning
+
+
+def test_sampled_accuracy_is_named_avg_at_k_in_the_table(capsys):
+    metrics = {"accuracy": 0.25, "avg@4": 0.25, "pass@1": 0.25, "pass@4": 0.5, "maj@4": 0.5}
+    entries = [{"label": "step_4", "checkpoint": "c", "step": 4, "metrics": metrics}]
+    print_table(entries, "t")
+    header = next(line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line)
+    assert header.split("┃")[2].strip() == "avg@4"
+    assert " acc " not in header and "pass@1" not in header
 
 
 def test_evaluate_model_on_an_empty_split_is_a_user_error():
@@ -299,6 +323,16 @@ def test_all_checkpoints_draw_the_curve_and_log_to_the_run(fake_run, tmp_path):
     rows = [json.loads(line) for line in (fake_run / "eval_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
     assert all("eval/accuracy" in r and r["eval_dir"] == str(tmp_path / "b") for r in rows)
+
+
+def test_answers_cut_at_the_length_limit_are_warned_about_once(fake_run, tmp_path, caplog):
+    # One new token: the random model almost never ends with EOS, every answer is cut.
+    cfg = compose_eval(*_eval_overrides(fake_run, "checkpoint.all=true", "eval.max_new_tokens=1"))
+    with caplog.at_level(logging.WARNING, logger="tic_grpo"):
+        results = evaluate(cfg, tmp_path)
+    assert all(r["metrics"]["truncated_fraction"] > 0.5 for r in results["results"])
+    warnings = [r.message for r in caplog.records if "token limit" in r.message]
+    assert len(warnings) == 1 and "eval.max_new_tokens" in warnings[0]
 
 
 def test_run_rows_of_another_setting_are_kept(tmp_path):

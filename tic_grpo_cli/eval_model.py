@@ -15,6 +15,9 @@ from typing import Any
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.metrics import summarize
 
+# Above this share of completions cut at the length limit, evaluation says so.
+CUT_WARNING_FRACTION = 0.5
+
 
 def split_examples(task: Any, split: str) -> Sequence[dict[str, Any]]:
     """The examples of one split; an unknown split name is a UserError."""
@@ -59,9 +62,10 @@ def evaluate_model(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample `num_samples` completions per example of `split`, score and summarise them.
 
-    Returns (metrics, predictions): see `metrics.summarize` for the metrics, and one
+    Returns (metrics, predictions): see `metrics.summarize` for the metrics, plus
+    `truncated_fraction` (completions cut at `max_new_tokens` before an EOS), and one
     prediction per example {index, prompt, answer, completions, extracted, rewards, correct,
-    lengths}. `temperature=0` is greedy. Sampling draws from one CPU generator seeded with
+    lengths, finished}. `temperature=0` is greedy. Sampling draws from one CPU generator seeded with
     `seed`, so a result is reproducible for a given seed, batch_size and device.
     """
     import torch
@@ -84,7 +88,28 @@ def evaluate_model(
                 model, tokenizer, task, chunk, num_samples, max_new_tokens, batch_size, sampling
             )
             advance(len(chunk))
-    return summarize(predictions, num_samples), predictions
+    metrics = summarize(predictions, num_samples)
+    finished = [ok for p in predictions for ok in p["finished"]]
+    count = metrics.pop("num_examples")
+    metrics["truncated_fraction"] = 1 - sum(finished) / len(finished)
+    metrics["num_examples"] = count
+    return metrics, predictions
+
+
+def length_limit_warning(metrics: dict[str, float], limit: int, key: str) -> str | None:
+    """A one-line warning when most completions were cut at the length limit, naming `key`
+    (the setting that raises it); None otherwise.
+
+    An answer cut before it is written scores 0, so an accuracy of 0 can mean "too short",
+    not "wrong": SmolLM2 on the default task writes a sentence before its number.
+    """
+    cut = metrics.get("truncated_fraction", 0.0)
+    if cut <= CUT_WARNING_FRACTION:
+        return None
+    return (
+        f"{cut:.0%} of completions hit the {limit}-token limit before they ended (EOS), so "
+        f"their answers may be cut off; raise {key} if the task needs longer answers"
+    )
 
 
 def _sample_and_score(
@@ -111,6 +136,7 @@ def _sample_and_score(
     )
     scored = task.score(gen.texts, examples)
     lengths = gen.completion_mask.sum(-1).tolist()
+    finished = gen.finished.tolist()
     out = []
     for row, (index, example) in enumerate(chunk):
         rows = slice(row * n, (row + 1) * n)
@@ -124,6 +150,8 @@ def _sample_and_score(
                 "rewards": [float(r) for r in scored.rewards[rows]],
                 "correct": [bool(c) for c in scored.correct[rows]],
                 "lengths": [int(x) for x in lengths[rows]],
+                # False: cut at max_new_tokens before an EOS.
+                "finished": [bool(f) for f in finished[rows]],
             }
         )
     return out

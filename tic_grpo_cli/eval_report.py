@@ -14,6 +14,7 @@ HEADERS = {
     "reward/mean": "reward",
     "completion_length/mean": "len",
     "unparseable_fraction": "unparsed",
+    "truncated_fraction": "cut",
     "num_examples": "n",
 }
 
@@ -46,8 +47,11 @@ def print_table(entries: list[dict[str, Any]], title: str, caption: str | None =
     from rich.console import Console
     from rich.table import Table
 
-    # pass@1 is c/n, the same number as accuracy: one column is enough.
-    keys = [key for key in entries[0]["metrics"] if key != "pass@1"]
+    metrics = entries[0]["metrics"]
+    # pass@1 is c/n, the same number as accuracy: one column is enough. With k samples that
+    # column is avg@k, named so (accuracy stays in results.json).
+    same = {"pass@1", "accuracy"} if any(k.startswith("avg@") for k in metrics) else {"pass@1"}
+    keys = [key for key in metrics if key not in same]
     table = Table(title=title, caption=caption)
     table.add_column("checkpoint" if entries[0]["checkpoint"] else "model", overflow="fold")
     for key in keys:
@@ -59,7 +63,7 @@ def print_table(entries: list[dict[str, Any]], title: str, caption: str | None =
 
 
 def plot_accuracy_vs_step(entries: list[dict[str, Any]], out_path: Path, title: str = "") -> None:
-    """Accuracy (Avg@k), and pass@k and maj@k when sampled, against training step."""
+    """Accuracy (avg@k when sampled, with pass@k and maj@k) against training step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +72,7 @@ def plot_accuracy_vs_step(entries: list[dict[str, Any]], out_path: Path, title: 
     points = sorted((e for e in entries if e["step"] is not None), key=lambda e: e["step"])
     steps = [e["step"] for e in points]
     n = max((int(k[5:]) for k in entries[0]["metrics"] if k.startswith("pass@")), default=1)
-    curves = {"accuracy": "accuracy" if n == 1 else f"accuracy (Avg@{n})"}
+    curves = {"accuracy": "accuracy" if n == 1 else f"avg@{n}"}
     if n > 1:
         curves |= {f"pass@{n}": f"pass@{n}", f"maj@{n}": f"maj@{n}"}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))

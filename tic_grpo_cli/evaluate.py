@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tic_grpo_cli import observe
 from tic_grpo_cli.checkpoint import atomic_write_json, atomic_write_text
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.eval_model import evaluate_model, split_examples
+from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning, split_examples
 from tic_grpo_cli.eval_report import format_metrics, plot_accuracy_vs_step, print_table, title_of
 from tic_grpo_cli.eval_targets import Target, checkpoint_model_config, resolve_targets
 from tic_grpo_cli.validation import validate_eval
@@ -54,10 +54,16 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
+    warned = False
     try:
         for target in targets:
             entry, preds, split_size = _evaluate_target(cfg, target, device, dtype)
             entries.append(entry)
+            limit = cfg.eval.max_new_tokens
+            warning = length_limit_warning(entry["metrics"], limit, "eval.max_new_tokens")
+            if warning and not warned:  # once: every checkpoint of a run shares the limit
+                log.warning(warning)
+                warned = True
             predictions += [
                 {"checkpoint": entry["checkpoint"], "step": target.step, **p} for p in preds
             ]
