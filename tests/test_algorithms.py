@@ -72,10 +72,8 @@ def tensors(deltas=DELTAS, advantages=ADVANTAGES, old=OLD):
 
 def run(name, deltas=DELTAS, advantages=ADVANTAGES, **kwargs):
     logprobs, old, adv, mask = tensors(deltas, advantages)
-    kwargs.setdefault("max_completion_length", T)
-    loss, stats = compute_policy_loss(
-        name, logprobs, old, adv, mask, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, **kwargs
-    )
+    kwargs = {"max_completion_length": T, "epsilon_low": EPS_LOW, "epsilon_high": EPS_HIGH} | kwargs
+    loss, stats = compute_policy_loss(name, logprobs, old, adv, mask, **kwargs)
     loss.backward()
     return loss.item(), logprobs.grad.tolist(), stats
 
@@ -248,7 +246,8 @@ def test_default_T_is_L():
 
 def test_default_aggregations():
     assert set(ALGORITHMS) == {
-        "grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo"
+        "grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo",
+        "cispo", "gmpo", "dppo",
     }  # fmt: skip
     assert set(AGGREGATIONS) == {"seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean"}
     expected = {
@@ -260,6 +259,9 @@ def test_default_aggregations():
         "traj_is": "seq_mean_token_sum_norm",
         "dr_grpo": "seq_mean_token_sum_norm",
         "dapo": "token_mean",
+        "cispo": "token_mean",
+        "gmpo": "seq_mean_token_mean",
+        "dppo": "token_mean",
     }
     assert {name: default_aggregation(name) for name in ALGORITHMS} == expected
 

@@ -17,7 +17,10 @@ from omegaconf import MISSING
 
 from tic_grpo_cli.errors import UserError
 
-ALGORITHMS = ("grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo")
+ALGORITHMS = (
+    "grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo",
+    "cispo", "gmpo", "dppo",
+)  # fmt: skip
 AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DATASET_KINDS = ("arithmetic", "countdown", "hf")

@@ -119,10 +119,12 @@ def validate_train(cfg: DictConfig) -> None:
         _one_of(alg.aggregation, AGGREGATIONS, "algorithm.aggregation")
     _one_of(alg.kl_estimator, KL_ESTIMATORS, "algorithm.kl_estimator")
     _check(alg.epsilon_high > 0, "algorithm.epsilon_high", f"must be > 0, got {alg.epsilon_high}")
+    # 1 - eps_low is a ratio's lower bound: 1 leaves none (CISPO, traj_is without lower clip).
+    # GMPO's epsilons are log-ratios, so any eps_low >= 0 is a bound there.
     _check(
-        0 <= alg.epsilon_low < 1,
+        alg.epsilon_low >= 0 and (alg.epsilon_low <= 1 or alg.name == "gmpo"),
         "algorithm.epsilon_low",
-        f"must be in [0, 1), got {alg.epsilon_low}",
+        f"must be in [0, 1] (1: no lower clip), got {alg.epsilon_low}",
     )
     _check(alg.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {alg.kl_coef}")
     _check(tr.group_size >= 2, "trainer.group_size", f"must be >= 2, got {tr.group_size}")

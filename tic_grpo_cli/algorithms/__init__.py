@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import dapo, dr_grpo, grpo, grpo_no_is, gspo, tic, traj_is, ub_clip
+from . import cispo, dapo, dppo, dr_grpo, gmpo, grpo, grpo_no_is, gspo, tic, traj_is, ub_clip
 from .core import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -19,22 +19,33 @@ from .core import (
     make_batch,
     policy_stats,
 )
+from .correction import (
+    CORRECTIONS,
+    Correction,
+    correction_weights,
+    mismatch_stats,
+    scale_token_gradients,
+)
 
 REGISTRY: dict[str, Algorithm] = {
     module.ALGORITHM.name: module.ALGORITHM
-    for module in (grpo, grpo_no_is, tic, ub_clip, traj_is, gspo, dr_grpo, dapo)
+    for module in (grpo, grpo_no_is, tic, ub_clip, traj_is, gspo, dr_grpo, dapo, cispo, gmpo, dppo)
 }
 ALGORITHMS: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = [
     "AGGREGATIONS",
     "ALGORITHMS",
+    "CORRECTIONS",
     "KL_ESTIMATORS",
     "REGISTRY",
+    "Correction",
     "compute_policy_loss",
+    "correction_weights",
     "default_aggregation",
     "group_advantages",
     "kl_penalty",
+    "mismatch_stats",
 ]
 
 
@@ -60,12 +71,14 @@ def compute_policy_loss(
     epsilon_high: float = 0.28,
     max_completion_length: int | None = None,
     aggregation: str | None = None,
+    correction: Correction | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Minus the objective of algorithm `name` on a minibatch, and float stats.
 
     logprobs, old_logprobs, mask: [B, L]; advantages: [B]. `max_completion_length` is the
-    paper's T (None: L). Stats: clip_fraction (+ _low, _high), ratio_{mean,max,min} over
-    tokens; sequence-level algorithms add seq_ratio_* and seq_log_ratio_*.
+    paper's T (None: L). `correction` holds the rollout correction's stop-gradient weights
+    (algorithms/correction.py). Stats: clip_fraction (+ _low, _high), ratio_{mean,max,min}
+    over tokens; sequence-level algorithms add seq_ratio_* and seq_log_ratio_*.
     """
     algorithm = _algorithm(name)
     if epsilon_low < 0 or epsilon_high < 0:
@@ -79,8 +92,14 @@ def compute_policy_loss(
                 f"max_completion_length={max_completion_length} is shorter than a "
                 f"completion of {longest} tokens"
             )
+    correction = correction or Correction()
+    if correction.token_weights is not None:
+        batch = scale_token_gradients(batch, correction.token_weights)
     objective = algorithm.objective(batch, epsilon_low, epsilon_high)
+    seq_terms = objective.seq_terms
+    if correction.seq_weights is not None:
+        seq_terms = seq_terms * correction.seq_weights.detach().to(seq_terms.dtype)
     value = aggregate(
-        objective.seq_terms, batch.lengths, aggregation or algorithm.default_aggregation, horizon
+        seq_terms, batch.lengths, aggregation or algorithm.default_aggregation, horizon
     )
     return -value, policy_stats(batch, objective)
