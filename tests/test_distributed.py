@@ -119,7 +119,7 @@ def shard(rollout: Rollout, rank: int, world: int, group: int) -> Rollout:
     part = Generation(
         gen.prompt_ids[index], gen.prompt_mask[index], gen.completion_ids[index],
         gen.completion_mask[index], gen.logprobs[index], [gen.texts[i] for i in rows],
-        gen.finished[index],
+        gen.finished[index], gen.temperature,
     )  # fmt: skip
     return Rollout(part, [rollout.examples[i] for i in rows], rollout.rewards[index],
                    rollout.advantages[index], rollout.correct[index],

@@ -239,11 +239,16 @@ def test_logprobs_agree_with_completion_logprobs(eos_model, tokenizer, kwargs):
         eos_model, tokenizer, PROMPTS * 2, max_new_tokens=8, generator=seeded(0), **kwargs
     )
     assert len(set(gen.completion_mask.sum(-1).tolist())) > 2, "completions not ragged"
-    recomputed = completion_logprobs(
-        eos_model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask
-    )
-    # raw-logit log-probs whatever the sampling settings: the sampler's and the trainer's agree
+    args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask)
+    recomputed = completion_logprobs(eos_model, *args, temperature=gen.temperature)
+    # log softmax(logits / T) in both, whatever top-k / top-p: the sampler's and the
+    # trainer's agree to float32 rounding
+    assert gen.temperature == kwargs.get("temperature", 1.0)
     torch.testing.assert_close(recomputed, gen.logprobs, atol=1e-5, rtol=0)
+    if gen.temperature != 1.0:
+        # the raw-logit log-probs are another distribution: off by far more than rounding
+        raw = completion_logprobs(eos_model, *args)
+        assert (raw - gen.logprobs).abs().max() > 1e-2
 
 
 def test_completion_logprobs_micro_batches_and_gradients(eos_model, tokenizer):

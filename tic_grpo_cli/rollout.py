@@ -33,11 +33,15 @@ class Generation:
     prompt_mask: Tensor  # [B, P] bool
     completion_ids: Tensor  # [B, L] right-padded with the pad id, L = longest completion
     completion_mask: Tensor  # [B, L] bool: generated tokens, the EOS that ended them included
-    # [B, L] float32: log pi(token) under the model's *raw* logits (temperature 1, no top-k/p),
-    # i.e. the policy's log-prob that RL ratios need, not the sampling distribution's; 0 on pad.
+    # [B, L] float32: log softmax(logits / T)[token], T the sampling temperature (raw logits
+    # when greedy), before any top-k/top-p truncation: the policy the trainer scores with
+    # `completion_logprobs(..., temperature=T)`, so the two agree to rounding; 0 on pad.
     logprobs: Tensor
     texts: list[str]  # decoded completions, special tokens skipped
     finished: Tensor  # [B] bool: ended with EOS (False = truncated at max_new_tokens)
+    # The sampling temperature (0: greedy). Scoring these completions for a ratio must use
+    # the same one: `completion_logprobs(..., temperature=gen.temperature)`.
+    temperature: float = 1.0
 
 
 @dataclass
@@ -104,10 +108,14 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     return (logits - noise.log()).argmax(-1)
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log_softmax(logits)[tokens] in float32 without materialising the full log_softmax."""
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float()
-    return picked - torch.logsumexp(logits.float(), dim=-1)
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log_softmax(logits / temperature)[tokens] in float32, without materialising the full
+    log_softmax. The division happens in float32, as in `sample_next`."""
+    logits = logits.float()
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def generate(
@@ -123,7 +131,9 @@ def generate(
 ) -> Generation:
     """Sample one completion per prompt (repeat a prompt G times for a group of G).
 
-    ``temperature=0`` is greedy. The generator makes sampling reproducible; a CPU generator
+    ``temperature=0`` is greedy. The log-probs returned are those of softmax(logits / T):
+    top-k / top-p only restrict which tokens can be drawn, they are not in the log-probs
+    (docs/algorithms.md). The generator makes sampling reproducible; a CPU generator
     works with a model on another device (it seeds a device generator). ``batch_size`` bounds
     how many prompts run through the model at once. The model is put in eval mode for the
     call (no dropout while sampling) and restored afterwards.
@@ -153,7 +163,9 @@ def generate(
         for start in range(0, len(prompts), chunk):
             rows = slice(start, start + chunk)
             ids, mask = _trim_left_padding(prompt_ids[rows], prompt_mask[rows])
-            pieces.append(_decode(model, ids, mask, max_new_tokens, eos, pad_id, sample))
+            pieces.append(
+                _decode(model, ids, mask, max_new_tokens, eos, pad_id, sample, temperature)
+            )
     finally:
         model.train(was_training)
 
@@ -166,8 +178,9 @@ def generate(
     ]
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     return Generation(
-        prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, texts, finished
-    )
+        prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, texts, finished,
+        temperature,
+    )  # fmt: skip
 
 
 def _check_sampling_args(
@@ -211,8 +224,10 @@ def _decode(
     eos: Tensor,
     pad_id: int,
     sample: Callable[[Tensor], Tensor],
+    temperature: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The decoding loop: returns completion ids, mask and raw log-probs, each [B, steps].
+    """The decoding loop: returns completion ids, mask and log-probs at `temperature`, each
+    [B, steps].
 
     Finished rows leave the batch (and the KV cache) once they are a quarter of it, so later
     steps pay only for unfinished rows: RL completions are ragged, often with a long tail.
@@ -247,7 +262,7 @@ def _decode(
         logits = out.logits[:, -1]
         token = sample(logits)
         tokens[rows, step] = token.masked_fill(done, pad_id)
-        logprobs[rows, step] = token_logprobs(logits, token).masked_fill_(done, 0.0)
+        logprobs[rows, step] = token_logprobs(logits, token, temperature).masked_fill_(done, 0.0)
         lengths[rows] += (~done).long()
         done |= torch.isin(token, eos)
         # One host sync per step, as in HF generate: stop, shrink the batch, or go on.
@@ -344,8 +359,12 @@ def completion_logprobs(
     completion_ids: Tensor,
     completion_mask: Tensor,
     micro_batch_size: int | None = None,
+    temperature: float = 1.0,
 ) -> Tensor:
     """log pi(completion token | prompt, earlier tokens), [B, L] float32, 0 where masked.
+
+    pi is softmax(logits / temperature): pass the sampling temperature so these are the
+    log-probs of the distribution the completions were drawn from (`Generation.logprobs`).
 
     Differentiable: call it under ``torch.no_grad()`` for old/reference log-probs. One
     forward over ``[prompt | completion]``; only the L positions that predict completion
@@ -362,6 +381,7 @@ def completion_logprobs(
             prompt_mask[i : i + step],
             completion_ids[i : i + step],
             completion_mask[i : i + step],
+            temperature,
         )
         for i in range(0, rows, step)
     ]
@@ -374,6 +394,7 @@ def _completion_logprobs_chunk(
     prompt_mask: Tensor,
     completion_ids: Tensor,
     completion_mask: Tensor,
+    temperature: float,
 ) -> Tensor:
     completion_len = completion_ids.shape[1]
     mask = torch.cat([prompt_mask, completion_mask], dim=1).bool()
@@ -387,4 +408,5 @@ def _completion_logprobs_chunk(
         logits_to_keep=completion_len + 1,
     )
     logits = out.logits[:, :-1]
-    return token_logprobs(logits, completion_ids).masked_fill(~completion_mask.bool(), 0.0)
+    logprobs = token_logprobs(logits, completion_ids, temperature)
+    return logprobs.masked_fill(~completion_mask.bool(), 0.0)

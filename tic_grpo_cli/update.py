@@ -42,7 +42,8 @@ def group_rows(prompt_batches: tuple[torch.Tensor, ...], group: int) -> list[tor
 def batch_logprobs(
     model, gen: Generation, rows: torch.Tensor, micro: int | None, amp: bool = False
 ) -> torch.Tensor:
-    """Log-probs of the rollout's completions `rows` under `model`, micro-batched."""
+    """Log-probs of the rollout's completions `rows` under `model`, micro-batched, at the
+    temperature they were sampled at (so pi_theta is the distribution that sampled)."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         return completion_logprobs(
@@ -52,6 +53,7 @@ def batch_logprobs(
             gen.completion_ids[rows].to(device),
             gen.completion_mask[rows].to(device),
             micro_batch_size=micro,
+            temperature=gen.temperature,
         ).float()
 
 
