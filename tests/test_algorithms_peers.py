@@ -21,12 +21,17 @@ from test_algorithms import (
     OLD,
     TOTAL,
     B,
+    T,
     assert_close,
+    ppo,
     run,
+    sequence_level,
     tensors,
 )
+from test_train import make_cfg
 
 from tic_grpo_cli.algorithms import compute_policy_loss
+from tic_grpo_cli.validation import validate_train
 
 
 def cells():
@@ -230,3 +235,27 @@ def test_k1_identities():
 
 def test_lengths_table_is_the_shared_one():
     assert LENGTHS == [4, 2, 3, 4, 3, 2] and TOTAL == 18
+
+
+# --- traj_is without a lower clip (epsilon_low = 1) -------------------------------------
+
+
+def test_traj_is_with_epsilon_low_1_has_no_lower_clip():
+    """clip(rho, 0, 1+eh): for A < 0 the term is rho A whatever rho (the min never picks the
+    clip, rho > 0), so rows 1, 3, 4 keep the gradient rho A / T; rows with A > 0 are PPO's."""
+
+    def elem(log_rho, a):
+        r = math.exp(log_rho)
+        return (a * r, a * r) if a < 0 else ppo(log_rho, a)
+
+    loss, grad, stats = run("traj_is", epsilon_low=1.0)
+    expected_loss, expected_grad = sequence_level(elem, lambda i: 1 / (B * T))
+    assert_close(loss, expected_loss)
+    assert_close(grad, expected_grad)
+    assert stats["clip_fraction_low"] == 0.0
+    # Row 4: rho = e^-0.7 < 0.8 with A < 0, which the default eps_low = 0.2 would clip.
+    assert grad[4][0] != 0.0 and run("traj_is")[1][4][0] == 0.0
+
+
+def test_epsilon_low_1_is_a_valid_setting():
+    validate_train(make_cfg("algorithm=traj_is", "algorithm.epsilon_low=1"))

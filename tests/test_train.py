@@ -269,7 +269,7 @@ def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
     # The KV-cache sampler and the training forward agree to float32 rounding, no better.
-    assert rows[0]["logprob_diff/sampler_vs_train_max"] < 1e-4
+    assert rows[0]["mismatch/abs_logprob_diff_max"] < 1e-4
     assert all(abs(r["ratio/max"] - 1.0) < 1e-4 for r in rows)
 
 

@@ -23,6 +23,7 @@ ALGORITHMS = (
 )  # fmt: skip
 AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+CORRECTIONS = ("none", "token_tis", "seq_tis", "seq_mis")
 DATASET_KINDS = ("arithmetic", "countdown", "hf")
 SCORERS = ("auto", "exact", "number", "gsm8k", "math", "countdown")
 CHAT_TEMPLATE_MODES = ("auto", "true", "false")
@@ -52,6 +53,11 @@ class AlgorithmConfig:
     length_corrected_advantage: bool = False
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    # Sampler-trainer mismatch correction, a stop-gradient weight on each loss term when old
+    # log-probs are recomputed: none | token_tis | seq_tis | seq_mis (docs/algorithms.md).
+    rollout_correction: str = "none"
+    # Its threshold C (> 1): weights capped at C (tis), completions outside [1/C, C] dropped (mis).
+    rollout_correction_c: float = 2.0
 
 
 @dataclass
@@ -162,7 +168,8 @@ class TrainerConfig:
     micro_batch_size: int = 128
     # pi_old's log-probs: recompute (a no-grad training forward; every ratio is exactly 1
     # before the first update) or sampler (the rollout's own; saves that pass, but the
-    # sampler's numerics differ: ~1e-6 in float32, ~1e-2 under bf16).
+    # sampler's numerics differ: ~1e-6 in float32 on the CPU, 0 under CPU bf16 autocast,
+    # more with GPU bf16 kernels or another engine; logged as mismatch/*, docs/algorithms.md).
     old_logprobs: str = "recompute"
     # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
     generation_batch_size: int | None = None

@@ -14,7 +14,13 @@ import torch
 from omegaconf import DictConfig
 
 from tic_grpo_cli import distributed
-from tic_grpo_cli.algorithms import compute_policy_loss, default_aggregation, kl_penalty
+from tic_grpo_cli.algorithms import (
+    compute_policy_loss,
+    correction_weights,
+    default_aggregation,
+    kl_penalty,
+    mismatch_stats,
+)
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.rollout import Generation, Rollout, completion_logprobs
 
@@ -91,9 +97,11 @@ def policy_update(
     # update. The first minibatch needs no such pass: its training forward, taken before any
     # update, yields the same numbers, and fills them in below (1/K of the pass saved).
     from_sampler = tr.old_logprobs == "sampler"
-    old_logprobs = (
-        gen.logprobs.to(device) if from_sampler else torch.zeros(mask.shape, device=device)
-    )
+    sampler_logprobs = gen.logprobs.to(device)
+    trainer_old = torch.zeros(mask.shape, device=device)
+    # Recomputing, pi_old is the trainer's (the same tensor, filled in place); otherwise the
+    # sampler's, and trainer_old only serves to measure the mismatch.
+    old_logprobs = sampler_logprobs if from_sampler else trainer_old
     with torch.no_grad():
         if not from_sampler:
             for rows in first_epoch[1:]:
@@ -128,18 +136,19 @@ def policy_update(
             total = dist.average(total)
             optimizer.zero_grad(set_to_none=True)
             stats_sum: dict[str, float] = {}
-            loss_sum, sampler_diff = 0.0, 0.0
+            loss_sum = 0.0
             for chunk in rows_in_chunks(rows, tr.micro_batch_size):
                 logprobs = batch_logprobs(grad_model, gen, chunk, None, amp)
                 if k == 0 and epoch == 0:
-                    if not from_sampler:
-                        old_logprobs[chunk] = logprobs.detach()
-                    sampler_diff = max(
-                        sampler_diff,
-                        ((logprobs.detach() - gen.logprobs[chunk].to(device)).abs() * mask[chunk])
-                        .max()
-                        .item(),
-                    )
+                    # The trainer's log-probs at theta_old: pi_old itself when recomputing.
+                    trainer_old[chunk] = logprobs.detach()
+                correction = correction_weights(
+                    alg.rollout_correction,
+                    old_logprobs[chunk],
+                    sampler_logprobs[chunk],
+                    mask[chunk],
+                    alg.rollout_correction_c,
+                )
                 loss, stats = compute_policy_loss(
                     alg.name,
                     logprobs,
@@ -150,6 +159,7 @@ def policy_update(
                     epsilon_high=alg.epsilon_high,
                     max_completion_length=tr.max_completion_length,
                     aggregation=alg.aggregation,
+                    correction=correction,
                 )
                 if ref_logprobs is not None:
                     kl = kl_penalty(logprobs, ref_logprobs[chunk], mask[chunk], alg.kl_estimator)
@@ -193,7 +203,25 @@ def policy_update(
                     if k_ not in ("clip_fraction", "ratio_mean", "ratio_max")
                 }
             )
-            if k == 0 and epoch == 0:
-                row["logprob_diff/sampler_vs_train_max"] = dist.max(sampler_diff)
             rows_out.append(row)
+    rows_out[0].update(_mismatch_row(trainer_old, sampler_logprobs, mask, first_epoch, cfg, dist))
     return rows_out
+
+
+def _mismatch_row(trainer_old, sampler_logprobs, mask, first_epoch, cfg, dist) -> dict:
+    """mismatch/*: the trainer's log-probs at theta_old against the sampler's, over the whole
+    rollout (over the first minibatch only with trainer.old_logprobs=sampler: no other
+    minibatch gets a forward at theta_old)."""
+    rows = torch.cat(first_epoch) if cfg.trainer.old_logprobs == "recompute" else first_epoch[0]
+    alg = cfg.algorithm
+    stats = mismatch_stats(
+        trainer_old[rows],
+        sampler_logprobs[rows],
+        mask[rows],
+        alg.rollout_correction,
+        alg.rollout_correction_c,
+    )
+    return {
+        f"mismatch/{key}": dist.max(value) if key.endswith("_max") else dist.average(value)
+        for key, value in stats.items()
+    }

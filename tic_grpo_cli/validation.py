@@ -18,6 +18,7 @@ from tic_grpo_cli.config import (
     ARITHMETIC_OPERATORS,
     BACKENDS,
     CHAT_TEMPLATE_MODES,
+    CORRECTIONS,
     COUNTDOWN_OPERATORS,
     DATASET_KINDS,
     DEVICES,
@@ -127,6 +128,18 @@ def validate_train(cfg: DictConfig) -> None:
         f"must be in [0, 1] (1: no lower clip), got {alg.epsilon_low}",
     )
     _check(alg.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {alg.kl_coef}")
+    _one_of(alg.rollout_correction, CORRECTIONS, "algorithm.rollout_correction")
+    _check(
+        alg.rollout_correction_c > 1,
+        "algorithm.rollout_correction_c",
+        f"must be > 1, got {alg.rollout_correction_c}",
+    )
+    _check(
+        alg.rollout_correction == "none" or tr.old_logprobs == "recompute",
+        "algorithm.rollout_correction",
+        f"{alg.rollout_correction} needs trainer.old_logprobs=recompute (with the sampler's "
+        "log-probs as pi_old there is no mismatch to correct)",
+    )
     _check(tr.group_size >= 2, "trainer.group_size", f"must be >= 2, got {tr.group_size}")
     _check(tr.rollout_batch_size >= 1, "trainer.rollout_batch_size", "must be >= 1")
     _check(
