@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -10,19 +11,22 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tic_grpo_cli.config import RewardConfig
-from tic_grpo_cli.data import countdown
-from tic_grpo_cli.data.rewards import (
-    SCORERS,
-    Rewarder,
-    last_boxed,
-    score_auto,
-)
+from tic_grpo_cli.data import countdown, verify
+from tic_grpo_cli.data.answers import last_box
+from tic_grpo_cli.data.rewards import Rewarder, auto_scorer, score_all
+from tic_grpo_cli.data.verify import TIMED_OUT, MathVerifier, Verdict, shared_verifier
 from tic_grpo_cli.errors import UserError
+
+
+def score(scorer: str, completion: str, example: dict):
+    return score_all(scorer, [completion], [example], shared_verifier(5.0))[0]
 
 
 def check(scorer: str, answer, cases: list[tuple[str, bool]], **fields):
     example = {"answer": answer, **fields}
-    got = [SCORERS[scorer](completion, example)[0] for completion, _ in cases]
+    examples = [example] * len(cases)
+    verdicts = score_all(scorer, [c for c, _ in cases], examples, shared_verifier(5.0))
+    got = [v.correct for v in verdicts]
     assert got == [want for _, want in cases], list(zip(cases, got, strict=True))
 
 
@@ -41,7 +45,7 @@ def test_exact():
     )
 
 
-def test_number_takes_the_first_integer():
+def test_number_takes_the_first_number():
     check(
         "number",
         "122",
@@ -102,9 +106,9 @@ def test_math_symbolic_equivalence():
     check("math", "34", [("Work...\nAnswer: 34", True), ("Answer: 35", False)])
 
 
-def test_math_extracted_text():
-    _, extracted = SCORERS["math"]("so \\boxed{\\frac{2}{4}}", {"answer": "1/2"})
-    assert extracted == "\\frac{2}{4}"
+def test_math_extracted_text_and_normalized_answer():
+    verdict = score("math", "so \\boxed{\\frac{2}{4}}", {"answer": "1/2"})
+    assert (verdict.extracted, verdict.normalized) == ("\\frac{2}{4}", "1/2")
 
 
 def test_countdown_scorer():
@@ -151,18 +155,18 @@ def test_countdown_scorer_never_raises(text):
     assert isinstance(correct, bool)
 
 
-def test_last_boxed_matches_nested_braces():
-    assert last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{2}} end") == "\\frac{1}{2}"
-    assert last_boxed("\\boxed{open") is None and last_boxed("none") is None
+def test_last_box_matches_nested_braces():
+    assert last_box("a \\boxed{1} then \\boxed{\\frac{1}{2}} end") == "\\frac{1}{2}"
+    assert last_box("\\boxed{open") is None and last_box("none") is None
 
 
 def test_auto_picks_by_data_source_then_answer_shape():
-    assert score_auto("#### 7", {"answer": "7", "data_source": "openai/gsm8k"})[0]
-    assert score_auto("#### 7", {"answer": "x #### 7"})[0]
-    assert score_auto(
-        "3+4", {"answer": "7", "data_source": "countdown", "numbers": [3, 4], "target": 7}
-    )[0]
-    assert score_auto("\\boxed{0.5}", {"answer": "\\frac12", "data_source": "math_dapo"})[0]
+    assert auto_scorer({"answer": "7", "data_source": "openai/gsm8k"}) == "gsm8k"
+    assert auto_scorer({"answer": "x #### 7"}) == "gsm8k"
+    assert auto_scorer({"answer": "7", "data_source": "countdown"}) == "countdown"
+    assert auto_scorer({"answer": "\\frac12", "data_source": "math_dapo"}) == "math"
+    assert score("auto", "#### 7", {"answer": "7", "data_source": "openai/gsm8k"}).correct
+    assert score("auto", "\\boxed{0.5}", {"answer": "\\frac12"}).correct
 
 
 def rewarder(scorer: str = "exact", **overrides) -> Rewarder:
@@ -188,9 +192,23 @@ def test_completions_and_examples_must_pair_up():
 def reward_module(tmp_path, monkeypatch):
     (tmp_path / "my_rewards_mod.py").write_text(
         textwrap.dedent("""
+        import numpy as np
+
         def length_match(completions, answer, **fields):
             assert "prompt" in fields and "question" in fields
             return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+        def numpy_bools(completions, **fields):
+            return np.array([c.startswith("2") for c in completions])
+
+        def numpy_scalars(completions, **fields):
+            return [np.float32(0.5), np.bool_(True)][: len(completions)]
+
+        def half(completions, **fields):
+            return [0.5] * len(completions)
+
+        def graded(completions, answer, **fields):
+            return {"reward": [0.3, 0.9], "correct": np.array([False, True])}
 
         def broken(completions, **fields):
             raise KeyError("solution")
@@ -201,6 +219,12 @@ def reward_module(tmp_path, monkeypatch):
         def nan(completions, **fields):
             return [float("nan")] * len(completions)
 
+        def none_second(completions, **fields):
+            return [1.0, None]
+
+        def text(completions, **fields):
+            return "1.0"
+
         not_a_function = 3
     """)
     )
@@ -208,39 +232,130 @@ def reward_module(tmp_path, monkeypatch):
     return "my_rewards_mod"
 
 
+EXAMPLES = [{"prompt": "1+1=", "question": "1+1=", "answer": "2"}] * 2
+
+
 def test_user_reward_function_gets_completions_and_fields(reward_module):
     r = rewarder(fn=f"{reward_module}:length_match")
-    examples = [{"prompt": "1+1=", "question": "1+1=", "answer": "2"}] * 2
-    result = r(["2", "3"], examples)
+    result = r(["2", "3"], EXAMPLES)
     assert result.rewards == [1.0, 0.0] and result.correct == [True, False]
-    assert result.terms == {"correct": [1.0, 0.0]}
+    assert result.terms == {"length_match": [1.0, 0.0]}
+
+
+@pytest.mark.parametrize(
+    "name,rewards", [("numpy_bools", [1.0, 0.0]), ("numpy_scalars", [0.5, 1.0])]
+)
+def test_user_reward_function_may_return_numpy(reward_module, name, rewards):
+    assert rewarder(fn=f"{reward_module}:{name}")(["2", "3"], EXAMPLES).rewards == rewards
+
+
+def test_accuracy_with_a_user_function_is_not_its_reward(reward_module):
+    # No threshold and no `correct` returned: the scorer judges (exact: "2" is right).
+    r = rewarder(fn=f"{reward_module}:half")
+    assert r(["2", "3"], EXAMPLES).correct == [True, False]
+    assert "exact scorer" in r.accuracy_source()
+    # A threshold names what correct means.
+    r = rewarder(fn=f"{reward_module}:half", correct_threshold=0.5)
+    assert r(["2", "3"], EXAMPLES).correct == [True, True]
+    # The function reports correctness itself.
+    result = rewarder(fn=f"{reward_module}:graded")(["3", "2"], EXAMPLES)
+    assert result.rewards == [0.3, 0.9] and result.correct == [False, True]
+
+
+def test_several_weighted_reward_terms(reward_module):
+    r = rewarder(
+        fns=[f"{reward_module}:half", f"{reward_module}:numpy_bools"],
+        weights=[2.0, -0.5],
+        format_pattern="^2",
+        format_weight=0.25,
+    )
+    result = r(["2", "3"], EXAMPLES)
+    # correct + 0.25 * format + 2 * 0.5 - 0.5 * startswith("2"), by hand:
+    assert result.rewards == [1 + 0.25 + 1 - 0.5, 0 + 0 + 1 - 0]
+    assert result.terms == {
+        "correct": [1.0, 0.0],
+        "format": [1.0, 0.0],
+        "half": [0.5, 0.5],
+        "numpy_bools": [1.0, 0.0],
+    }
+
+
+def test_weights_must_match_the_functions(reward_module):
+    with pytest.raises(UserError, match=r"dataset.reward.weights: 1 weights for 2 functions"):
+        rewarder(fns=[f"{reward_module}:half", f"{reward_module}:graded"], weights=[1.0])
 
 
 @pytest.mark.parametrize(
     "name,match",
     [
         ("broken", r"reward function my_rewards_mod:broken failed: KeyError: 'solution'"),
-        ("short", r"my_rewards_mod:short returned 1 values for 2 completions"),
+        ("short", r"my_rewards_mod:short returned 1 rewards for 2 completions"),
         ("nan", r"my_rewards_mod:nan returned nan for completion 0"),
+        ("none_second", r"my_rewards_mod:none_second returned None for completion 1"),
+        ("text", r"my_rewards_mod:text returned a str, not one value per completion"),
     ],
 )
 def test_user_reward_function_errors_name_it(reward_module, name, match):
-    r = rewarder(fn=f"{reward_module}:{name}")
-    with pytest.raises(UserError, match=match):
-        r(["a", "b"], [{"prompt": "p", "answer": "a"}] * 2)
+    for key in ("fn", "fns"):
+        r = rewarder(
+            **{key: f"{reward_module}:{name}" if key == "fn" else [f"{reward_module}:{name}"]}
+        )
+        with pytest.raises(UserError, match=match):
+            r(["a", "b"], [{"prompt": "p", "answer": "a"}] * 2)
 
 
 def test_user_reward_function_import_errors(reward_module):
-    with pytest.raises(UserError, match=r"cannot import 'no_such_mod_xyz'"):
+    with pytest.raises(UserError, match=r"dataset.reward.fn: cannot import 'no_such_mod_xyz'"):
         rewarder(fn="no_such_mod_xyz:f")
-    with pytest.raises(UserError, match=r"has no function 'not_a_function'"):
-        rewarder(fn=f"{reward_module}:not_a_function")
+    with pytest.raises(UserError, match=r"dataset.reward.fns: module .* no function 'not_a_func"):
+        rewarder(fns=[f"{reward_module}:not_a_function"])
 
 
 def test_math_scorer_works_off_the_main_thread():
-    # math-verify's timeouts use SIGALRM, which only the main thread may set.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        ok, _ = pool.submit(SCORERS["math"], "\\boxed{0.5}", {"answer": "\\frac{1}{2}"}).result()
-    assert ok
+        verdict = pool.submit(score, "math", "\\boxed{0.5}", {"answer": "\\frac{1}{2}"}).result()
+    assert verdict.correct
+
+
+def test_a_runaway_verification_times_out_from_any_thread():
+    """2003^(2002^2001) has billions of digits: math-verify's own timeout is off outside the
+    main thread, so before the worker process this call never returned."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    verifier = MathVerifier(timeout=0.5)
+    huge = [("\\boxed{2003^{2002^{2001}}}", "1"), ("\\boxed{1}", "1")]
+    with ThreadPoolExecutor(1) as pool:
+        start = time.monotonic()
+        verdicts = pool.submit(verifier, huge).result()
+    assert verdicts[0] == TIMED_OUT and verdicts[1].correct
+    assert time.monotonic() - start < 30  # worker start-up (a loaded machine) + 0.5 s
+    verifier.close()
+
+
+def test_a_worker_stuck_in_c_code_is_killed_and_replaced(monkeypatch):
+    # A fake worker whose verification sleeps past the deadline with its own timer disabled,
+    # as a huge integer power computed in one C call would.
+    monkeypatch.setattr(
+        verify,
+        "_WORKER",
+        "from tic_grpo_cli.data import verify; import time; "
+        "verify.signal.setitimer = lambda *a: None; "
+        "verify.verify_math = lambda c, r: time.sleep(60) if c == 'hang' else "
+        "verify.Verdict(True, c, c); verify.serve",
+    )
+    verifier = MathVerifier(timeout=0.2)
+    start = time.monotonic()
+    verdicts = verifier([("hang", "1"), ("ok", "1")])
+    assert verdicts == [TIMED_OUT, Verdict(True, "ok", "ok")]
+    assert time.monotonic() - start < 30
+    verifier.close()
+
+
+def test_timed_out_verdicts_are_wrong_and_counted(monkeypatch):
+    r = rewarder("math")
+    monkeypatch.setattr(r, "verifier", lambda pairs: [TIMED_OUT for _ in pairs])
+    result = r(["\\boxed{1}"], [{"answer": "1"}])
+    assert result.correct == [False] and result.timed_out == [True]
+    assert result.terms["timed_out"] == [1.0]

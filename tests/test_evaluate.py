@@ -89,6 +89,36 @@ def test_majority_vote_hand_computed(extracted, correct, expected):
     assert majority_vote(extracted, correct) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    "scorer,answer,completions",
+    [
+        ("gsm8k", "#### 1000", ["#### 1,000", "#### 1000", "#### 1000.0", "#### 999", "#### 999"]),
+        (
+            "math",
+            "\\frac{1}{2}",
+            ["\\boxed{\\frac{2}{4}}", "\\boxed{0.50}", "\\boxed{\\frac{1}{2}}"]
+            + ["\\boxed{\\frac{1}{3}}"] * 2,
+        ),
+    ],
+)
+def test_majority_votes_on_normalised_answers(scorer, answer, completions):
+    """Three spellings of the right answer outvote two of a wrong one (raw strings would
+    split the three and elect the wrong one)."""
+    from omegaconf import OmegaConf
+
+    from tic_grpo_cli.config import RewardConfig
+    from tic_grpo_cli.data.rewards import Rewarder
+
+    rewarder = Rewarder(OmegaConf.structured(RewardConfig(scorer=scorer)), "auto")
+    scored = rewarder(completions, [{"answer": answer}] * len(completions))
+    prediction = {
+        **_prediction(scored.correct, scored.extracted),
+        "normalized": scored.normalized,
+        "timed_out": scored.timed_out,
+    }
+    assert summarize([prediction], len(completions))[f"maj@{len(completions)}"] == 1.0
+
+
 def _prediction(correct, extracted, lengths=None, rewards=None):
     return {
         "correct": correct,
@@ -155,7 +185,14 @@ class FakeTask:
         extracted = [w if w.isdigit() else None for w in words]
         correct = [a == e["answer"] for a, e in zip(extracted, examples, strict=True)]
         rewards = [float(c) for c in correct]
-        return SimpleNamespace(extracted=extracted, correct=correct, rewards=rewards, terms={})
+        return SimpleNamespace(
+            extracted=extracted,
+            normalized=extracted,
+            timed_out=[False] * len(extracted),
+            correct=correct,
+            rewards=rewards,
+            terms={},
+        )
 
 
 def fake_generate(calls):
@@ -191,6 +228,7 @@ def test_evaluate_model_assembles_predictions_and_metrics(monkeypatch):
     assert metrics["pass@2"] == pytest.approx(5 / 6)
     assert metrics["maj@4"] == 1.0
     assert metrics["unparseable_fraction"] == 0.5
+    assert metrics["timed_out_fraction"] == 0.0
     assert metrics["num_examples"] == 5
     assert preds[3]["finished"] == [True, False, True, False]
     assert metrics["truncated_fraction"] == 0.5  # 10 of 20 completions cut

@@ -94,12 +94,22 @@ class RewardConfig:
     # auto | exact | number | gsm8k | math | countdown; auto = the task's own scorer
     # (arithmetic: exact, countdown: countdown, hf: per row from data_source, else math).
     scorer: str = "auto"
-    # A user reward function `package.module:function`, replacing the scorer. It is called
-    # as fn(completions, **fields) with one list per example field and returns one float
-    # per completion; a value >= 1 counts as correct.
+    # A user reward function `package.module:function`, replacing the correctness term. It
+    # is called as fn(completions, **fields) with one list per example field and returns one
+    # number per completion, or {"reward": [...], "correct": [...]} (docs/rewards.md).
     fn: str | None = None
+    # With `fn`: a reward >= this counts as correct (accuracy). null: the `correct` list fn
+    # returns, else the scorer's verdict.
+    correct_threshold: float | None = None
+    # More reward terms (TRL's reward_funcs): each `package.module:function`, called like
+    # `fn`, added to the reward times its weight (default 1 each); logged as reward/<name>.
+    fns: list[str] = field(default_factory=list)
+    weights: list[float] | None = None
+    # Seconds one math-verify verification may take; a timed-out verdict is wrong and
+    # counted in reward/timed_out.
+    verify_timeout: float = 5.0
     # Optional format term: a regex a completion must contain (re.search, DOTALL), and the
-    # weight of that term; reward = correct + format_weight * format.
+    # weight of that term; reward = correct + format_weight * format + sum(weights * fns).
     format_pattern: str | None = None
     format_weight: float = 0.0
 

@@ -64,9 +64,10 @@ def evaluate_model(
 
     Returns (metrics, predictions): see `metrics.summarize` for the metrics, plus
     `truncated_fraction` (completions cut at `max_new_tokens` before an EOS), and one
-    prediction per example {index, prompt, answer, completions, extracted, rewards, correct,
-    lengths, finished}. `temperature=0` is greedy. Sampling draws from one CPU generator seeded with
-    `seed`, so a result is reproducible for a given seed, batch_size and device.
+    prediction per example {index, prompt, answer, completions, extracted, normalized,
+    timed_out, rewards, correct, lengths, finished}. `temperature=0` is greedy. Sampling
+    draws from one CPU generator seeded with `seed`, so a result is reproducible for a given
+    seed, batch_size and device.
     """
     import torch
 
@@ -147,6 +148,8 @@ def _sample_and_score(
                 "answer": example.get("answer"),
                 "completions": gen.texts[rows],
                 "extracted": [None if a is None else str(a) for a in scored.extracted[rows]],
+                "normalized": scored.normalized[rows],
+                "timed_out": scored.timed_out[rows],
                 "rewards": [float(r) for r in scored.rewards[rows]],
                 "correct": [bool(c) for c in scored.correct[rows]],
                 "lengths": [int(x) for x in lengths[rows]],

@@ -14,6 +14,7 @@ HEADERS = {
     "reward/mean": "reward",
     "completion_length/mean": "len",
     "unparseable_fraction": "unparsed",
+    "timed_out_fraction": "timeout",
     "truncated_fraction": "cut",
     "num_examples": "n",
 }

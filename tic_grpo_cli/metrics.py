@@ -36,21 +36,23 @@ def pass_ks(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-def majority_vote(extracted: Sequence[str | None], correct: Sequence[bool]) -> float:
-    """Accuracy of the most frequent extracted answer (maj@k for k = len(extracted)).
+def majority_vote(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
+    """Accuracy of the most frequent answer (maj@k for k = len(answers)).
 
-    Unparseable answers (None) do not vote; with no votes at all the example counts as
-    wrong. An answer is correct if a sample that produced it was scored correct (scorers
-    judge the extracted answer, so all such samples agree). Ties are broken uniformly at
+    Votes are on the scorer's normalised answers, so "1,000", "1000" and "1000.0" (or
+    ``\\frac{1}{2}``, ``0.5`` and ``1/2``) are one answer. Unparseable answers (None) do not
+    vote; with no votes at all the example counts as wrong. An answer is correct if a sample
+    that produced it was scored correct (scorers judge the normalised answer, so all such
+    samples agree). Ties are broken uniformly at
     random *in expectation*: with t answers tied for the most votes, of which r are correct,
     the example scores r / t. That keeps maj@k independent of the order samples were drawn.
     """
-    votes = Counter(answer for answer in extracted if answer is not None)
+    votes = Counter(answer for answer in answers if answer is not None)
     if not votes:
         return 0.0
     top = max(votes.values())
     winners = [answer for answer, count in votes.items() if count == top]
-    right = {a for a, ok in zip(extracted, correct, strict=True) if a is not None and ok}
+    right = {a for a, ok in zip(answers, correct, strict=True) if a is not None and ok}
     return sum(answer in right for answer in winners) / len(winners)
 
 
@@ -64,7 +66,9 @@ def summarize(predictions: Sequence[dict[str, Any]], num_samples: int) -> dict[s
     `accuracy` is Avg@k: the mean over examples of the fraction of correct samples (greedy
     accuracy when k = 1); with k > 1 it is also reported as `avg@k`. `completion_length/mean` counts generated tokens, the EOS that
     ended a completion included; `unparseable_fraction` is the share of completions whose
-    answer the scorer could not extract.
+    answer the scorer could not extract, `timed_out_fraction` the share whose verification
+    ran out of time (scored wrong). Predictions without `normalized` (older
+    predictions.jsonl files) vote on `extracted`.
     """
     if not predictions:
         raise ValueError("no predictions to summarise")
@@ -81,7 +85,7 @@ def summarize(predictions: Sequence[dict[str, Any]], num_samples: int) -> dict[s
         metrics[f"pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
     if n > 1:
         metrics[f"maj@{n}"] = _mean(
-            [majority_vote(p["extracted"], p["correct"]) for p in predictions]
+            [majority_vote(p.get("normalized", p["extracted"]), p["correct"]) for p in predictions]
         )
     lengths = [length for p in predictions for length in p["lengths"]]
     extracted = [answer for p in predictions for answer in p["extracted"]]
@@ -89,5 +93,7 @@ def summarize(predictions: Sequence[dict[str, Any]], num_samples: int) -> dict[s
     metrics["reward/mean"] = _mean(rewards)
     metrics["completion_length/mean"] = _mean(lengths)
     metrics["unparseable_fraction"] = sum(a is None for a in extracted) / len(extracted)
+    timed_out = [t for p in predictions for t in p.get("timed_out", ())]
+    metrics["timed_out_fraction"] = sum(timed_out) / len(extracted)
     metrics["num_examples"] = len(predictions)
     return metrics

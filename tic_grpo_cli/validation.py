@@ -75,24 +75,43 @@ def _validate_dataset(data: DictConfig) -> None:
         _check(data.num_numbers >= 2, "dataset.num_numbers", "must be >= 2")
         _check(data.max_number >= 1, "dataset.max_number", "must be >= 1")
         _check(data.max_target >= 1, "dataset.max_target", "must be >= 1")
-    reward = data.reward
-    if reward.fn is not None:
-        module, _, name = str(reward.fn).partition(":")
+    validate_reward(data.reward)
+
+
+def validate_reward(reward: DictConfig, prefix: str = "dataset.reward") -> None:
+    """Check a reward node (`dataset.reward`, or `reward` of `tic-grpo score`); errors name
+    `prefix`.key."""
+    specs = [(f"{prefix}.fn", reward.fn)] if reward.fn is not None else []
+    for key, spec in [*specs, *((f"{prefix}.fns", s) for s in reward.fns)]:
+        module, _, name = str(spec).partition(":")
         _check(
             bool(module) and name.isidentifier(),
-            "dataset.reward.fn",
-            f"got {reward.fn!r}; expected package.module:function",
+            key,
+            f"got {spec!r}; expected package.module:function",
         )
+    if reward.weights is not None:
+        _check(
+            len(reward.weights) == len(reward.fns),
+            f"{prefix}.weights",
+            f"{len(reward.weights)} weights for {len(reward.fns)} functions in "
+            f"{prefix}.fns; give one weight per function",
+        )
+    _check(
+        reward.correct_threshold is None or reward.fn is not None,
+        f"{prefix}.correct_threshold",
+        f"applies to {prefix}.fn only; set fn, or drop the threshold",
+    )
+    _check(reward.verify_timeout > 0, f"{prefix}.verify_timeout", "must be > 0 seconds")
     if reward.format_pattern is not None:
         try:
             re.compile(reward.format_pattern)
         except re.error as err:
-            raise ConfigError(f"dataset.reward.format_pattern: not a regex ({err})") from None
-    _check(reward.format_weight >= 0, "dataset.reward.format_weight", "must be >= 0")
+            raise ConfigError(f"{prefix}.format_pattern: not a regex ({err})") from None
+    _check(reward.format_weight >= 0, f"{prefix}.format_weight", "must be >= 0")
     _check(
         reward.format_weight == 0 or reward.format_pattern is not None,
-        "dataset.reward.format_weight",
-        "has no effect without dataset.reward.format_pattern; set both",
+        f"{prefix}.format_weight",
+        f"has no effect without {prefix}.format_pattern; set both",
     )
 
 

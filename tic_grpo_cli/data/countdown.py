@@ -123,8 +123,12 @@ def generate(
 
 
 def extract_expression(completion: str) -> str | None:
-    """The expression a completion answers with: inside the last <answer> tag if any, else
-    its first non-empty line; a trailing ``=46`` is dropped."""
+    """The expression a completion answers with: inside the last <answer> tag if any (None
+    when that tag is unfinished), else its first non-empty line; a trailing ``=46`` is
+    dropped."""
+    opened = completion.rfind("<answer>")
+    if opened >= 0 and "</answer>" not in completion[opened:]:
+        return None  # an unfinished last tag is no answer, as an unfinished last box
     tags = _ANSWER_TAG.findall(completion)
     text = tags[-1] if tags else next((ln for ln in completion.splitlines() if ln.strip()), "")
     text = text.split("=")[0].strip()
