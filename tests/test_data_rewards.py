@@ -16,6 +16,7 @@ from tic_grpo_cli.data.answers import last_box
 from tic_grpo_cli.data.rewards import Rewarder, auto_scorer, score_all
 from tic_grpo_cli.data.verify import TIMED_OUT, MathVerifier, Verdict, shared_verifier
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.validation import validate_reward
 
 
 def score(scorer: str, completion: str, example: dict):
@@ -280,9 +281,19 @@ def test_several_weighted_reward_terms(reward_module):
     }
 
 
-def test_weights_must_match_the_functions(reward_module):
-    with pytest.raises(UserError, match=r"dataset.reward.weights: 1 weights for 2 functions"):
-        rewarder(fns=[f"{reward_module}:half", f"{reward_module}:graded"], weights=[1.0])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"fns": ["m:a", "m:b"], "weights": [1.0]}, r"reward\.weights: 1 weights for 2 functions"),
+        ({"fns": ["m.a"]}, r"reward\.fns: got 'm\.a'; expected package\.module:function"),
+        ({"correct_threshold": 0.5}, r"reward\.correct_threshold: applies to .*reward\.fn only"),
+        ({"verify_timeout": 0}, r"reward\.verify_timeout: must be > 0"),
+    ],
+)
+def test_reward_config_errors_name_the_key(overrides, match):
+    cfg = OmegaConf.merge(OmegaConf.structured(RewardConfig), overrides)
+    with pytest.raises(UserError, match=f"^dataset\\.{match}"):
+        validate_reward(cfg)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "eval": "evaluate a checkpoint, a training run or a base model",
     "sweep": "run a grid of training runs and summarise them (table, CSV, plot)",
     "analyze": "exact analyses, e.g. `tic-grpo analyze gradient-bias`",
+    "score": "score a JSONL of completions with a scorer / reward, no model needed",
 }
 log = logging.getLogger("tic_grpo")
 
@@ -150,6 +151,7 @@ def _usage() -> str:
         "  tic-grpo train --cfg job algorithm=grpo model=tiny",
         "  tic-grpo sweep algorithm=grpo,tic seed=0,1,2",
         "  tic-grpo eval checkpoint=outputs/train/<date>/<time>",
+        "  tic-grpo score input=completions.jsonl scorer=gsm8k output=scored.jsonl",
     ]
     return "\n".join(lines)
 
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         from tic_grpo_cli.analysis import main as analyze_main
 
         return analyze_main(rest)
+    if command == "score":
+        from tic_grpo_cli.score import main as score_main
+
+        return score_main(rest)
     apps = {
         "train": (train_app, rest),
         "eval": (eval_app, _eval_argv(rest)),

@@ -130,18 +130,16 @@ class Rewarder:
     """Scores a batch. reward = correct (or dataset.reward.fn's value)
     + format_weight * format + sum_i weights[i] * fns[i]."""
 
-    def __init__(self, reward_cfg: Any, default_scorer: str):
+    def __init__(self, reward_cfg: Any, default_scorer: str, prefix: str = "dataset.reward"):
+        """`reward_cfg`: a RewardConfig node, checked by config.validate_reward; `prefix`
+        names it in errors. Raises UserError when a function cannot be imported."""
         self.scorer = default_scorer if reward_cfg.scorer == "auto" else reward_cfg.scorer
         self.verifier = shared_verifier(float(reward_cfg.verify_timeout))
-        self.fn = RewardFn(reward_cfg.fn, "dataset.reward.fn") if reward_cfg.fn else None
-        self.fns = [RewardFn(spec, "dataset.reward.fns") for spec in reward_cfg.fns or []]
+        self.fn = RewardFn(reward_cfg.fn, f"{prefix}.fn") if reward_cfg.fn else None
+        self.fns = [RewardFn(spec, f"{prefix}.fns") for spec in reward_cfg.fns or []]
         weights = reward_cfg.weights
         self.weights = [1.0] * len(self.fns) if weights is None else [float(w) for w in weights]
-        if len(self.weights) != len(self.fns):
-            raise UserError(
-                f"dataset.reward.weights: {len(self.weights)} weights for "
-                f"{len(self.fns)} functions in dataset.reward.fns; give one weight per function"
-            )
+        self.prefix = prefix
         self.threshold = reward_cfg.correct_threshold
         pattern = reward_cfg.format_pattern
         self.format = re.compile(pattern, re.DOTALL) if pattern else None
@@ -154,7 +152,7 @@ class Rewarder:
         names = [self.fn.name if self.fn else "correct", "format"]
         names += [f.name if f.name not in names else f.spec for f in self.fns]
         if len(set(names)) != len(names):
-            raise UserError(f"dataset.reward.fns: a function is listed twice ({names[2:]})")
+            raise UserError(f"{self.prefix}.fns: a function is listed twice ({names[2:]})")
         return names
 
     def accuracy_source(self) -> str:
@@ -162,10 +160,10 @@ class Rewarder:
         if self.fn is None:
             return f"the {self.scorer} scorer's verdict"
         if self.threshold is not None:
-            return f"{self.fn.spec} >= {self.threshold} (dataset.reward.correct_threshold)"
+            return f"{self.fn.spec} >= {self.threshold} ({self.prefix}.correct_threshold)"
         return (
             f"the 'correct' list {self.fn.spec} returns, else the {self.scorer} scorer's "
-            "verdict (set dataset.reward.correct_threshold to judge by the reward instead)"
+            f"verdict (set {self.prefix}.correct_threshold to judge by the reward instead)"
         )
 
     def __call__(self, completions: list[str], examples: Sequence[dict[str, Any]]) -> RewardResult:
