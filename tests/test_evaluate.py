@@ -281,10 +281,10 @@ def test_greedy_eval_of_the_tiny_model_is_deterministic():
 # --------------------------------------------------------------------------- the command
 
 
-def compose_eval(*overrides: str):
+def compose_eval(*overrides: str, name: str = "eval"):
     register_configs()
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
 
 
 def _char_tokenizer():
@@ -425,3 +425,19 @@ def test_console_script_reports_a_missing_checkpoint_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "/nonexistent" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_evaluation_during_training_warns_once_naming_the_trainer_key(tmp_path, caplog):
+    from tic_grpo_cli.train import train
+
+    # One token per completion: no arithmetic answer ends in time. Evaluations at 0, 1, 2.
+    cfg = compose_eval(
+        "trainer.max_steps=2", "trainer.rollout_batch_size=2", "trainer.group_size=2",
+        "trainer.minibatch_size=2", "trainer.eval_every=1", "trainer.eval_limit=4",
+        "trainer.save_every=0", "trainer.log_samples_every=0", "dataset.max_completion_length=1",
+        "wandb.mode=disabled", "hardware.num_threads=1", name="train",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="tic_grpo"):
+        train(cfg, tmp_path)
+    warnings = [r.message for r in caplog.records if "token limit" in r.message]
+    assert len(warnings) == 1 and "raise trainer.max_completion_length" in warnings[0]

@@ -168,7 +168,9 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from tic_grpo_cli.observe import console
+
     columns = ("evaluating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, transient=True, console=console()) as bar:
         task_id = bar.add_task("eval", total=total)
         yield lambda n: bar.advance(task_id, n)

@@ -6,6 +6,7 @@ whole run in the run dir.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,12 +32,21 @@ CONSOLE_KEYS = (
 )
 
 
+@functools.cache
+def console() -> Any:
+    """The process's one rich Console on stdout: log lines, tables and the progress bar all
+    print through it, so a live bar stays below what is printed above it."""
+    from rich.console import Console
+
+    return Console()
+
+
 def console_handler() -> logging.Handler:
     """Rich output on a terminal, plain lines otherwise (CI, pipes, files)."""
     if sys.stdout.isatty():
         from rich.logging import RichHandler
 
-        return RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        return RichHandler(console=console(), show_path=False, rich_tracebacks=False, markup=False)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"))
     return handler
@@ -190,7 +200,6 @@ def print_samples(samples: list[dict[str, Any]], step: int) -> None:
                 s["advantage"],
             )
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"samples at step {step}")
@@ -200,7 +209,7 @@ def print_samples(samples: list[dict[str, Any]], step: int) -> None:
         table.add_row(
             s["prompt"][-60:], s["completion"][:60], f"{s['reward']:.2f}", f"{s['advantage']:+.2f}"
         )
-    Console().print(table)
+    console().print(table)
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:

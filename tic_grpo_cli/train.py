@@ -35,6 +35,7 @@ from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import Interrupted, UserError
 from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
+from tic_grpo_cli.progress import TrainProgress
 from tic_grpo_cli.resume import TrainState, rollout_seed
 from tic_grpo_cli.threads import CpuThreads
 from tic_grpo_cli.train_eval import TrainEval
@@ -320,7 +321,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started, tokens_total, stop = time.perf_counter(), 0, StopFlag()
     if state.step == 0 and tr.eval_every > 0:
         evaluate(state)
-    with stop.installed():
+    # A live bar on rank 0's terminal, a heartbeat line in a log; rank 0 only.
+    progress = TrainProgress(tr.max_steps, state.step, enabled=dist.is_main)
+    with stop.installed(), progress:
         # A signal may reach only some ranks (e.g. a scheduler's SIGTERM): all stop together.
         while state.step < tr.max_steps and not dist.any(stop.signal is not None):
             t0 = time.perf_counter()
@@ -345,7 +348,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             # Metrics and samples describe the whole batch, whatever the number of ranks.
             rollout = gather_rollout(rollout, dist, tr.group_size)
             before = state.step
-            tokens_total += report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
+            tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
+            tokens_total += tokens
+            progress.update(state.step, reward=float(rollout.rewards.mean()),
+                            eval_accuracy=state.last_eval, tokens_per_s=tokens / (t2 - t0))  # fmt: skip
+            if _crossed(before, state.step, tr.log_every):
+                progress.beat()
             stop_if_diverged(tr, state, run_dir, logger)
             elapsed = time.perf_counter() - started
             if tr.max_time_minutes and dist.any(elapsed > 60 * tr.max_time_minutes):

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from tic_grpo_cli import observe
 from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.eval_model import evaluate_model
+from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning
 from tic_grpo_cli.resume import TrainState
 
 log = logging.getLogger("tic_grpo")
@@ -37,6 +37,7 @@ class TrainEval:
     ):
         self.cfg, self.model, self.tokenizer, self.task = cfg, model, tokenizer, task
         self.logger, self.dist, self.device, self.run_dir = logger, dist, device, run_dir
+        self.warned_cut = False  # the length-limit warning is given once per run
 
     def __call__(self, state: TrainState) -> float:
         """Evaluate at `state.step`; update `state.last_eval` / `best_eval`; return accuracy
@@ -60,6 +61,11 @@ class TrainEval:
                     seed=self.cfg.seed,
                 )
         metrics = dist.broadcast_object(metrics)
+        limit, key = tr.max_completion_length, "trainer.max_completion_length"
+        warning = length_limit_warning(metrics, limit, key)
+        if warning and dist.is_main and not self.warned_cut:
+            log.warning(warning)
+            self.warned_cut = True
         self.model.train()
         state.last_eval = metrics["accuracy"]
         best = state.best_eval

@@ -1,0 +1,191 @@
+"""Live training progress: a rich bar on a terminal, a plain heartbeat line everywhere else.
+
+On a terminal the bar shows step / total, the latest train reward, the latest eval accuracy,
+tokens/s, elapsed time and ETA; log lines and sample tables print above it because the log
+handler and the bar share one rich Console (`observe.console()`). Off a terminal (CI, a log
+file, a sweep's worker process) the same facts go out as one `progress:` log line at least
+every `heartbeat_s` seconds, from a timer thread so a long evaluation or checkpoint cannot
+silence it, and whenever the loop asks (`beat()`, at every `trainer.log_every`).
+
+Only one process draws: the trainer passes `enabled=False` on every rank but 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("tic_grpo")
+
+HEARTBEAT_S = 30.0
+
+
+def format_duration(seconds: float | None) -> str:
+    """`1:02:03` / `4:05` for a duration in seconds; `?` when unknown (no step done yet)."""
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def live_display_possible() -> bool:
+    """A live bar only when stdout is a terminal and this is the main process: a parallel
+    launcher's workers share the terminal, and two live bars would overwrite each other."""
+    return sys.stdout.isatty() and multiprocessing.parent_process() is None
+
+
+class TrainProgress:
+    """Progress of one training run from `start_step` (0, or the resumed step) to `total`.
+
+    Use as a context manager around the loop and call `update(step, ...)` after every
+    optimizer step. ETA = steps left x the mean time per step taken in this process (a
+    resumed run's earlier steps are not timed here).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        start_step: int = 0,
+        *,
+        enabled: bool = True,
+        live: bool | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.start_step = self.step = start_step
+        self.enabled = enabled
+        self.live = enabled and (live_display_possible() if live is None else live)
+        self.heartbeat_s = heartbeat_s
+        self.clock = clock
+        self.facts: dict[str, float | None] = {"reward": None, "eval_acc": None, "tok/s": None}
+        self._started = self._last_beat = clock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._bar: Any = None
+        self._task: Any = None
+
+    # ------------------------------------------------------------------ figures
+
+    def elapsed(self) -> float:
+        return self.clock() - self._started
+
+    def eta(self) -> float | None:
+        """Seconds left at the mean pace of the steps done in this process; None before one."""
+        done = self.step - self.start_step
+        if done <= 0:
+            return None
+        return self.elapsed() / done * max(0, self.total - self.step)
+
+    def line(self) -> str:
+        """The heartbeat line: `step 12/60 (20%) | reward 0.410 | ... | ETA 4:08`."""
+        percent = 100 * self.step / max(self.total, 1)
+        parts = [f"step {self.step}/{self.total} ({percent:.0f}%)"]
+        for label, value in self.facts.items():
+            if value is not None:
+                parts.append(f"{label} {value:.0f}" if label == "tok/s" else f"{label} {value:.3f}")
+        parts.append(f"elapsed {format_duration(self.elapsed())}")
+        parts.append(f"ETA {format_duration(self.eta())}")
+        return " | ".join(parts)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> TrainProgress:
+        if not self.enabled:
+            return self
+        self._started = self._last_beat = self.clock()
+        if self.live:
+            self._start_bar()
+        else:
+            self._timer = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def update(
+        self,
+        step: int,
+        *,
+        reward: float | None = None,
+        eval_accuracy: float | None = None,
+        tokens_per_s: float | None = None,
+    ) -> None:
+        """Record the step just finished; a None figure keeps its previous value."""
+        self.step = step
+        figures = (("reward", reward), ("eval_acc", eval_accuracy), ("tok/s", tokens_per_s))
+        for label, value in figures:
+            # None or NaN (no evaluation yet): keep what was shown.
+            if value is not None and not math.isnan(value):
+                self.facts[label] = float(value)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, facts=self._facts_text())
+
+    def beat(self) -> None:
+        """One heartbeat line now (off a terminal; on one the bar already shows it)."""
+        if self.enabled and not self.live:
+            self._last_beat = self.clock()
+            log.info("progress: %s", self.line())
+
+    def _beat_loop(self) -> None:
+        # `heartbeat_s` after the last line, whoever wrote it (this timer or the loop's beat).
+        while not self._stop.wait(max(0.0, self._last_beat + self.heartbeat_s - self.clock())):
+            if self.clock() - self._last_beat >= self.heartbeat_s:
+                self.beat()
+
+    # ------------------------------------------------------------------ the rich bar
+
+    def _facts_text(self) -> str:
+        labels = {"reward": "reward", "eval_acc": "eval acc", "tok/s": "tok/s"}
+        parts = []
+        for key, value in self.facts.items():
+            if value is not None:
+                shown = f"{value:.0f}" if key == "tok/s" else f"{value:.3f}"
+                parts.append(f"{labels[key]} {shown}")
+        return " | ".join(parts)
+
+    def _start_bar(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from tic_grpo_cli.observe import console
+
+        self._bar = Progress(
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[facts]}"),
+            TextColumn("| elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("| ETA"),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=True,
+            # A step takes seconds: redraw slowly, it costs the trainer nothing.
+            refresh_per_second=2,
+        )
+        self._task = self._bar.add_task(
+            "train", total=self.total, completed=self.step, facts=self._facts_text()
+        )
+        self._bar.start()
