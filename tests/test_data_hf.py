@@ -220,7 +220,6 @@ def test_dotted_answer_field_and_numeric_answers(tmp_path):
             {"test_split": "test"},
             r"dataset\.test_split: no split 'test' .*splits: train",
         ),
-        (GSM8K_ROWS, {"test_size": 100}, r"dataset\.test_size: holding out 100 prompts"),
         (GSM8K_ROWS, {"prompt_template": "{prompt} {level}"}, r"no field 'level'.*fields: answer"),
     ],
 )
@@ -266,6 +265,36 @@ def test_bad_rows_fail_by_name_or_are_skipped_and_counted(tmp_path):
     assert len(task.train) + len(task.test) == n
     questions = {e["question"] for e in [*task.train, *task.test]}
     assert "" not in questions and "q?" not in questions
+
+
+def test_a_directory_of_train_and_test_files_needs_no_split_keys(tmp_path):
+    # dataset=jsonl as shipped: test_split null, test_size 100, more than the 10 train rows.
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", GSM8K_ROWS[:10])
+    write_jsonl(folder / "test.jsonl", GSM8K_ROWS[10:13])
+    task = build_task(
+        compose_dataset("jsonl", f"dataset.path={folder}", f"dataset.cache_dir={tmp_path / 'c'}")
+    )
+    assert [e["question"] for e in task.train] == [r["question"] for r in GSM8K_ROWS[:10]]
+    assert [e["question"] for e in task.test] == [r["question"] for r in GSM8K_ROWS[10:13]]
+
+
+def test_a_file_with_fewer_prompts_than_test_size_is_all_test(tmp_path):
+    rows = GSM8K_ROWS[:12]
+    path = write_jsonl(tmp_path / "dozen.jsonl", rows)
+    task = build_task(hf_cfg(tmp_path, path, test_size=100))
+    # Evaluation takes the whole file, in file order ...
+    assert [e["question"] for e in task.test] == [r["question"] for r in rows]
+    # ... training is refused in one line whose hint works when followed.
+    with pytest.raises(UserError) as err:
+        _ = task.train
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("dataset.test_size: holding out 100 prompts leaves none to train")
+    assert "has 12 distinct prompts; set dataset.test_size below 12" in message
+    task = build_task(hf_cfg(tmp_path, path, test_size=11))
+    assert (len(task.train), len(task.test)) == (1, 11)
 
 
 def test_eval_only_set_has_no_train_split(tmp_path):

@@ -352,6 +352,48 @@ def test_a_run_dir_is_evaluated_at_its_latest_checkpoint(fake_run, tmp_path):
     assert len(rows) == 6 and {"prompt", "completions", "extracted", "rewards"} <= set(rows[0])
 
 
+def _dozen_problems(path: Path) -> Path:
+    rows = [{"question": f"{a}+{a + 1}=", "answer": str(2 * a + 1)} for a in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_dozen_problem_file_of_ones_own_is_evaluated_whole(fake_run, tmp_path):
+    # dataset=jsonl holds out test_size=100 prompts by default, more than the file has.
+    data = _dozen_problems(tmp_path / "mine.jsonl")
+    cfg = compose_eval(
+        f"checkpoint.path={fake_run}",
+        "dataset=jsonl",
+        f"dataset.path={data}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "eval.max_new_tokens=4",
+    )
+    results = evaluate(cfg, tmp_path / "eval")
+    assert results["dataset"]["num_evaluated"] == 12
+    rows = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["question"] for line in data.read_text().splitlines()]
+    assert [json.loads(row)["prompt"] for row in rows] == questions
+
+
+def test_a_data_error_comes_before_any_model_loads(fake_run, tmp_path, monkeypatch):
+    class NoModel:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr("tic_grpo_cli.models.AutoModelForCausalLM", NoModel)
+    data = _dozen_problems(tmp_path / "mine.jsonl")
+    cfg = compose_eval(
+        f"checkpoint.path={fake_run}",
+        "dataset=jsonl",
+        f"dataset.path={data}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.prompt_field=problem",
+    )
+    with pytest.raises(UserError, match=r"dataset\.prompt_field: no field 'problem'"):
+        evaluate(cfg, tmp_path / "eval")
+
+
 def test_all_checkpoints_draw_the_curve_and_log_to_the_run(fake_run, tmp_path):
     cfg = compose_eval(*_eval_overrides(fake_run, "checkpoint.all=true", "eval.log_to_run=true"))
     results = evaluate(cfg, tmp_path / "a")

@@ -46,6 +46,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tic_grpo_cli.models import resolve_device, resolve_dtype
     from tic_grpo_cli.threads import CpuThreads
 
+    task = _build_task(cfg, targets[0])
     CpuThreads(cfg.hardware.num_threads).start()
     device = resolve_device(cfg.hardware)
     dtype = resolve_dtype(cfg.model, cfg.hardware, device)
@@ -57,7 +58,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     warned = False
     try:
         for target in targets:
-            entry, preds, split_size = _evaluate_target(cfg, target, device, dtype)
+            entry, preds, split_size = _evaluate_target(cfg, target, task, device, dtype)
             entries.append(entry)
             limit = cfg.eval.max_new_tokens
             warning = length_limit_warning(entry["metrics"], limit, "eval.max_new_tokens")
@@ -85,10 +86,22 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _evaluate_target(
-    cfg: DictConfig, target: Target, device: Any, dtype: Any
-) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+def _build_task(cfg: DictConfig, target: Target) -> Any:
+    """The data set, built and checked with the tokenizer alone, so a data error (a missing
+    field, an unknown split) comes before any model loads. The targets are one model or the
+    checkpoints of one run: they share the tokenizer, and so the prompts."""
     from tic_grpo_cli.data import build_task
+    from tic_grpo_cli.models import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint_model_config(cfg.model, target.checkpoint))
+    task = build_task(cfg.dataset, tokenizer)
+    split_examples(task, cfg.eval.split)
+    return task
+
+
+def _evaluate_target(
+    cfg: DictConfig, target: Target, task: Any, device: Any, dtype: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     from tic_grpo_cli.models import load_model_and_tokenizer
 
     model_cfg = checkpoint_model_config(cfg.model, target.checkpoint)
@@ -107,7 +120,6 @@ def _evaluate_target(
             f"cannot load checkpoint {target.checkpoint} ({type(err).__name__}: {detail}); "
             "is it complete and written by this version?"
         ) from err
-    task = build_task(cfg.dataset, tokenizer)
     ev = cfg.eval
     split_size = len(split_examples(task, ev.split))
     metrics, predictions = evaluate_model(

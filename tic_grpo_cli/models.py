@@ -56,30 +56,33 @@ def resolve_dtype(model_cfg, hardware_cfg, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model_and_tokenizer(
-    model_cfg, device: torch.device, dtype: torch.dtype, mixed_precision: str = "none"
-):
-    """The model in train() mode on ``device`` and a tokenizer with a pad token, left padding.
-
-    ``mixed_precision`` is ``hardware.mixed_precision``: under bf16 on the CPU, attention
-    defaults to the eager implementation (see _attention)."""
+def _source_and_kwargs(model_cfg) -> tuple[str, dict]:
     source, extra = _resolve_source(model_cfg)
     kwargs = {"trust_remote_code": model_cfg.trust_remote_code, **extra}
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
-    model_kwargs = {**kwargs, "attn_implementation": _attention(model_cfg, device, mixed_precision)}
-    if "gguf_file" in kwargs:
-        model_kwargs.update(_dequantize_gguf())
+    return source, kwargs
+
+
+def _cannot_load(source: str, err: OSError) -> UserError:
+    first_line = str(err).strip().splitlines()[0]
+    return UserError(
+        f"model.name_or_path: cannot load {source!r}: {first_line} (check the name, a local "
+        "path, or the network; HF_HUB_OFFLINE=1 uses only the local hub cache)"
+    )
+
+
+def load_tokenizer(model_cfg):
+    """The model's tokenizer alone, with a pad token and left padding.
+
+    Loading it takes a fraction of the model's time, so callers build and check their data
+    with it (chat templates need it) before the model loads: a data error then costs
+    seconds, not a model load. Raises UserError when the source cannot be read."""
+    source, kwargs = _source_and_kwargs(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **model_kwargs)
     except OSError as err:  # what from_pretrained raises for a missing or unreachable model
-        first_line = str(err).strip().splitlines()[0]
-        raise UserError(
-            f"model.name_or_path: cannot load {source!r}: {first_line} (check the name, a local "
-            "path, or the network; HF_HUB_OFFLINE=1 uses only the local hub cache)"
-        ) from err
-
+        raise _cannot_load(source, err) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
@@ -89,6 +92,31 @@ def load_model_and_tokenizer(
             )
         log.warning("tokenizer of %s has no pad token; using %r for padding", source, fallback)
         tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def load_model_and_tokenizer(
+    model_cfg,
+    device: torch.device,
+    dtype: torch.dtype,
+    mixed_precision: str = "none",
+    tokenizer=None,
+):
+    """The model in train() mode on ``device`` and a tokenizer with a pad token, left padding.
+
+    ``tokenizer``: one `load_tokenizer` already returned for this config (not loaded again).
+    ``mixed_precision`` is ``hardware.mixed_precision``: under bf16 on the CPU, attention
+    defaults to the eager implementation (see _attention)."""
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_cfg)
+    source, kwargs = _source_and_kwargs(model_cfg)
+    model_kwargs = {**kwargs, "attn_implementation": _attention(model_cfg, device, mixed_precision)}
+    if "gguf_file" in kwargs:
+        model_kwargs.update(_dequantize_gguf())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **model_kwargs)
+    except OSError as err:
+        raise _cannot_load(source, err) from err
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 

@@ -3,9 +3,28 @@
 task = build_task(dataset_cfg, tokenizer)
 task.train[i] -> {"prompt": final model input, "answer": str, "question": raw prompt, ...}
 task.score(completions, examples) -> RewardResult(rewards, correct, extracted, terms)
+
+Where things are: task.py (Task, Examples), embedded.py (arithmetic, countdown), hf.py (your
+own files and hub data sets), prompts.py (templates, chat), rewards.py (scorers, reward fns).
 """
 
+from typing import Any
+
+from tic_grpo_cli.data.embedded import build_embedded_task
+from tic_grpo_cli.data.hf import build_hf_task
 from tic_grpo_cli.data.rewards import RewardResult
-from tic_grpo_cli.data.task import Examples, Task, build_task
+from tic_grpo_cli.data.task import Examples, Task
+from tic_grpo_cli.errors import UserError
 
 __all__ = ["Examples", "RewardResult", "Task", "build_task"]
+
+
+def build_task(cfg: Any, tokenizer: Any = None) -> Task:
+    """The task a `dataset` config node describes; `tokenizer` decides the chat template
+    (None: plain text, fine for the embedded tasks). Data errors raise UserError here,
+    before any model is needed."""
+    if cfg.kind in ("arithmetic", "countdown"):
+        return build_embedded_task(cfg, tokenizer)
+    if cfg.kind == "hf":
+        return build_hf_task(cfg, tokenizer)
+    raise UserError(f"dataset.kind: got {cfg.kind!r}; allowed: arithmetic, countdown, hf")

@@ -259,18 +259,27 @@ def _prepare(ds: Any, schema: Schema, cfg: Any, where: str, split: str, seed: in
     return ds, keys, len(bad)
 
 
-def _hold_out(ds: Any, keys: np.ndarray, test_size: int, where: str):
+def _hold_out(ds: Any, keys: np.ndarray, test_size: int) -> tuple[Any | None, Any]:
     """(train, test): the test rows are the `test_size` distinct prompts of lowest seeded
     hash, and train keeps only prompts hashed above them, so a prompt repeated in the data
-    (some hub sets repeat each one many times) never lands on both sides."""
+    (some hub sets repeat each one many times) never lands on both sides. With no more
+    distinct prompts than `test_size`, every row is a test row and train is None: a small
+    file of one's own can still be evaluated whole."""
     unique, first = np.unique(keys, return_index=True)
     if len(unique) <= test_size:
-        raise UserError(
-            f"dataset.test_size: holding out {test_size} prompts leaves none to train on: "
-            f"{where} has {len(unique)} distinct prompts; lower it or set dataset.test_split"
-        )
+        return None, ds
     cutoff = unique[test_size - 1]
     return ds.select(np.flatnonzero(keys > cutoff)), ds.select(np.sort(first[:test_size]))
+
+
+def _too_small_to_hold_out(where: str, prompts: int, test_size: int) -> str:
+    """Why a file whose prompts all went to the test split cannot be trained on."""
+    hint = f"set dataset.test_size below {prompts}, or " if prompts > 1 else ""
+    return (
+        f"dataset.test_size: holding out {test_size} prompts leaves none to train on: {where} "
+        f"has {prompts} distinct prompts; {hint}give test rows of their own (a directory "
+        "holding train.jsonl and test.jsonl, or dataset.test_split)"
+    )
 
 
 def _renderer(schema: Schema, renderer: PromptRenderer) -> Callable[[dict[str, Any]], Example]:
@@ -307,23 +316,40 @@ def build_hf_task(cfg: Any, tokenizer: Any) -> Task:
 
     splits: dict[str, Examples | None] = {"train": None}
     skipped: dict[str, int] = {}
+    missing: dict[str, str] = {}
+    test_split = cfg.test_split
+    if test_split is None and "test" in loaded and cfg.train_split not in (None, "test"):
+        # A directory holding train.* and test.* files: its test file is the test split.
+        test_split = "test"
+        log.info("%s: test split from its own test data (dataset.test_size unused)", where)
     if cfg.train_split is not None:
-        hold_out = cfg.test_split is None
+        hold_out = test_split is None
         ds, schema, keys, skipped["train"] = prepare(
             cfg.train_split, "dataset.train_split", cfg.seed if hold_out else None
         )
         if hold_out:
-            ds, test = _hold_out(ds, keys, cfg.test_size, where)
+            ds, test = _hold_out(ds, keys, cfg.test_size)
             splits["test"] = examples(test, schema)
-        splits["train"] = examples(ds, schema)
-    if cfg.test_split is not None:
-        ds, schema, _, skipped["test"] = prepare(cfg.test_split, "dataset.test_split")
+            if ds is None:
+                prompts = len(np.unique(keys))
+                missing["train"] = _too_small_to_hold_out(where, prompts, cfg.test_size)
+                log.info(
+                    "%s: its %d distinct prompts are no more than dataset.test_size=%d: "
+                    "all %d rows are the test split",
+                    where,
+                    prompts,
+                    cfg.test_size,
+                    len(test),
+                )
+        splits["train"] = None if ds is None else examples(ds, schema)
+    if test_split is not None:
+        ds, schema, _, skipped["test"] = prepare(test_split, "dataset.test_split")
         splits["test"] = examples(ds, schema)
 
     def load_split(name: str) -> Examples:
         ds, schema, _, task.skipped[name] = prepare(name, "split")
         return examples(ds, schema)
 
-    task = Task(where, splits, Rewarder(cfg.reward, "auto"), load_split, available)
+    task = Task(where, splits, Rewarder(cfg.reward, "auto"), load_split, available, missing)
     task.skipped.update(skipped)
     return task

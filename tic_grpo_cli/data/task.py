@@ -1,8 +1,9 @@
-"""`build_task`: the dataset config node -> a `Task` with train/test examples and a scorer.
+"""What a task is: splits of examples (`Examples`, rendered on access) and a rewarder (`Task`).
 
-Examples are rendered when indexed, not up front: a Hugging Face split stays an
-Arrow-backed `datasets.Dataset` (memory-mapped), and only the rows a batch asks for become
-Python dicts.
+The builders live beside it: embedded.py (arithmetic, countdown) and hf.py (files and hub
+data sets); `tic_grpo_cli.data.build_task` picks one. Examples are rendered when indexed,
+not up front: a Hugging Face split stays an Arrow-backed `datasets.Dataset`
+(memory-mapped), and only the rows a batch asks for become Python dicts.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-from tic_grpo_cli.data import arithmetic, countdown
-from tic_grpo_cli.data.prompts import PromptRenderer
 from tic_grpo_cli.data.rewards import Rewarder, RewardResult
 from tic_grpo_cli.errors import UserError
 
@@ -53,9 +52,12 @@ class Task:
         rewarder: Rewarder,
         load_split: Callable[[str], Examples] | None = None,
         available: Sequence[str] = ("train", "test"),
+        missing: dict[str, str] | None = None,
     ):
         self.name = name
         self._splits = dict(splits)
+        # split -> why it has no examples (a UserError message), for splits given as None.
+        self.missing = dict(missing or {})
         self.rewarder = rewarder
         self._load_split = load_split
         self.available = tuple(available)
@@ -73,6 +75,8 @@ class Task:
         if name in self._splits:
             examples = self._splits[name]
             if examples is None:
+                if name in self.missing:
+                    raise UserError(self.missing[name])
                 raise UserError(
                     f"dataset.{name}_split: null, so {self.name} has no {name} split "
                     f"(an evaluation-only set); train on another dataset"
@@ -87,77 +91,3 @@ class Task:
 
     def score(self, completions: list[str], examples: Sequence[Example]) -> RewardResult:
         return self.rewarder(completions, examples)
-
-
-def build_task(cfg: Any, tokenizer: Any = None) -> Task:
-    """The task a `dataset` config node describes; `tokenizer` decides the chat template
-    (None: plain text, fine for the embedded tasks)."""
-    if cfg.kind == "arithmetic":
-        return _embedded(cfg, tokenizer, "exact", _arithmetic_rows)
-    if cfg.kind == "countdown":
-        return _embedded(cfg, tokenizer, "countdown", _countdown_rows)
-    if cfg.kind == "hf":
-        from tic_grpo_cli.data.hf import build_hf_task
-
-        return build_hf_task(cfg, tokenizer)
-    raise UserError(f"dataset.kind: got {cfg.kind!r}; allowed: arithmetic, countdown, hf")
-
-
-def _arithmetic_rows(cfg: Any, split: str, size: int) -> list[dict[str, Any]]:
-    problems = arithmetic.generate(
-        split, size, seed=cfg.seed, digits=cfg.digits, operators=tuple(cfg.operators)
-    )
-    return [{"question": p.question, "answer": p.answer} for p in problems]
-
-
-def _countdown_rows(cfg: Any, split: str, size: int) -> list[dict[str, Any]]:
-    problems = countdown.generate(
-        split,
-        size,
-        seed=cfg.seed,
-        num_numbers=cfg.num_numbers,
-        max_number=cfg.max_number,
-        max_target=cfg.max_target,
-        operators=tuple(cfg.operators),
-    )
-    return [
-        {
-            "question": p.question,
-            "answer": str(p.target),
-            "numbers": list(p.numbers),
-            "target": p.target,
-            "solution": p.solution,
-        }
-        for p in problems
-    ]
-
-
-def _embedded(
-    cfg: Any,
-    tokenizer: Any,
-    scorer: str,
-    make_rows: Callable[[Any, str, int], list[dict[str, Any]]],
-) -> Task:
-    allowed = arithmetic.OPERATORS if cfg.kind == "arithmetic" else countdown.OPERATORS
-    unknown = [op for op in cfg.operators if op not in allowed]
-    if unknown:
-        raise UserError(
-            f"dataset.operators: {unknown} not allowed for {cfg.kind}; use {list(allowed)}"
-        )
-    splits: dict[str, Examples | None] = {}
-    renderer = None
-    for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
-        if size < 1:
-            raise UserError(f"dataset.{split}_size: must be >= 1, got {size}")
-        try:
-            rows = make_rows(cfg, split, size)
-        except ValueError as err:
-            raise UserError(f"dataset.{split}_size: {err}") from None
-        if renderer is None:
-            renderer = PromptRenderer(cfg, tokenizer, rows[0].keys(), f"the {cfg.kind} task")
-        splits[split] = Examples(rows, _render_embedded(renderer))
-    return Task(cfg.kind, splits, Rewarder(cfg.reward, scorer))
-
-
-def _render_embedded(renderer: PromptRenderer) -> Callable[[dict[str, Any]], Example]:
-    return lambda row: {**row, "prompt": renderer(row["question"], row)}
