@@ -363,6 +363,15 @@ def test_tic_has_no_lower_clip():
     assert loss == pytest.approx(-(-1.0 * rho0 + 0.5 * rho1) / (2 * T))
 
 
+def test_tic_leaves_empty_completions_out_of_the_loss_value():
+    # Row 1 has no tokens: rho = exp(0) = 1, but with nothing to move it must add nothing;
+    # counted, its A = 2 would add 2 * 1 / (2T) to the objective.
+    loss, grad = tic_grad([[0.1, None, None], [None, None, None]], [1.0, 2.0])
+    assert loss == pytest.approx(-(1.0 * math.exp(0.1)) / (2 * T), rel=1e-12)
+    assert grad[0, 0].item() == pytest.approx(-(1.0 * math.exp(0.1)) / (2 * T), rel=1e-12)
+    assert torch.equal(grad[1], torch.zeros_like(grad[1]))
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize("garbage", [0.0, 123.0, float("inf"), float("-inf"), float("nan")])
 def test_padding_never_contributes(name, garbage):

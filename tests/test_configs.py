@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.validation import validate_eval, validate_train
@@ -39,19 +39,45 @@ def test_each_group_has_the_documented_options(group):
     assert EXPECTED[group] <= set(options(group))
 
 
+def written_values(group: str, option: str) -> dict[str, object]:
+    """Dotted key -> value for every value the option's own file sets, read with OmegaConf
+    alone: `# @package _global_` files set keys from the root, the others inside their group.
+    Interpolations are skipped (they resolve against other keys), and so is `defaults`."""
+    path = CONF / group / f"{option}.yaml"
+    prefix = "" if "@package _global_" in path.read_text() else f"{group}."
+    written = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    values = {}
+
+    def walk(node: dict, dotted: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{dotted}{key}.")
+            elif key != "defaults" and not (isinstance(value, str) and "${" in value):
+                values[f"{dotted}{key}"] = value
+
+    walk(written, prefix)
+    return values
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     extra = ["dataset.path=/tmp/x.jsonl"] if (group, option) == ("dataset", "jsonl") else []
-    cfg = compose_train(f"{group}={option}", *extra)
-    OmegaConf.resolve(cfg)
-    validate_train(cfg)
-    if group != "algorithm" and group != "experiment":
-        eval_cfg = (
-            compose_train(f"{group}={option}", *extra, name="eval")
-            if group != "experiment"
-            else None
-        )
-        validate_eval(eval_cfg)
+    expected = written_values(group, option)
+    expected.update(item.split("=", 1) for item in extra)  # the test's own override wins
+    assert expected, f"conf/{group}/{option}.yaml sets nothing"
+    # Algorithms and experiments are training choices: `tic-grpo eval` has no such group.
+    names = ("train",) if group in ("algorithm", "experiment") else ("train", "eval")
+    for name in names:
+        cfg = compose_train(f"{group}={option}", *extra, name=name)
+        for key, value in expected.items():
+            got = OmegaConf.select(cfg, key)
+            if isinstance(got, (DictConfig, ListConfig)):
+                got = OmegaConf.to_container(got)
+            assert got == value, (
+                f"{name} with {group}={option}: {key} is {got!r}, file says {value!r}"
+            )
+        OmegaConf.resolve(cfg)
+        (validate_train if name == "train" else validate_eval)(cfg)
 
 
 def test_defaults_are_the_embedded_ones():

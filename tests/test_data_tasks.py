@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from tic_grpo_cli.config import ConfigError, DatasetConfig, register_configs
 from tic_grpo_cli.data import Examples, arithmetic, build_task, countdown
+from tic_grpo_cli.data.prompts import PromptRenderer
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.validation import validate_common
 
@@ -199,8 +200,19 @@ def test_dataset_config_errors_name_the_key(override, key):
         validate_common(compose_dataset("arithmetic", override))
 
 
-def test_use_chat_template_accepts_a_yaml_bool():
-    validate_common(compose_dataset("gsm8k", "dataset.use_chat_template=true"))
+@pytest.mark.parametrize(
+    "value,chat",
+    [("true", True), ("True", True), ("auto", True), ("false", False), ("False", False)],
+)
+def test_use_chat_template_accepts_a_yaml_bool(value, chat):
+    # `true` on the command line or in YAML is a bool, which the str field stores as "True".
+    cfg = compose_dataset("gsm8k", f"dataset.use_chat_template={value}")
+    validate_common(cfg)
+    text = PromptRenderer(cfg.dataset, ChatTokenizer(), ["question"], "gsm8k")("1+1?", {})
+    if chat:
+        assert text.startswith("<user>1+1?\nLet's think") and text.endswith("<assistant>")
+    else:
+        assert text.startswith("1+1?\nLet's think") and "<user>" not in text
 
 
 def test_data_modules_do_not_import_each_other_in_a_circle():

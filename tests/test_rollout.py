@@ -275,6 +275,38 @@ def test_generate_batch_size_chunks_give_the_same_result(eos_model, tokenizer):
     torch.testing.assert_close(chunked.logprobs, whole.logprobs, atol=1e-5, rtol=0)
 
 
+def test_chunks_ending_at_different_widths_pad_with_non_tokens(eos_model, tokenizer):
+    # A stop token that is the first token of some completions but not all makes lengths
+    # differ; the short ones go in one chunk, the long ones in another. The narrow chunk's
+    # padding up to the batch width must be pad ids, masked out, with log-prob 0.
+    model = copy.deepcopy(eos_model)
+    first = [
+        int(generate(model, tokenizer, [p], 1, temperature=0).completion_ids[0, 0]) for p in PROMPTS
+    ]
+    stop = next(token for token in first if first.count(token) < len(first))
+    model.generation_config.eos_token_id = [EOS, stop]
+    alone = [generate(model, tokenizer, [p], max_new_tokens=8, temperature=0) for p in PROMPTS]
+    lengths = [int(g.completion_mask.sum()) for g in alone]
+    order = sorted(range(len(PROMPTS)), key=lambda i: lengths[i])
+    expected = [lengths[i] for i in order]
+    short = sum(n < expected[-1] for n in expected)
+    assert 0 < short < len(PROMPTS), f"need completions of different lengths, got {lengths}"
+    gen = generate(
+        model,
+        tokenizer,
+        [PROMPTS[i] for i in order],
+        max_new_tokens=8,
+        temperature=0,
+        batch_size=short,
+    )
+    assert gen.completion_mask.sum(1).tolist() == expected
+    assert rows(gen) == [rows(alone[i])[0] for i in order]
+    padding = ~gen.completion_mask
+    assert padding[0, expected[short - 1] :].all()  # the narrow chunk's padding, really there
+    assert (gen.completion_ids[padding] == PAD).all()
+    assert (gen.logprobs[padding] == 0).all()
+
+
 def test_left_padding_does_not_change_the_output(model, tokenizer):
     alone = generate(model, tokenizer, ["7="], max_new_tokens=10, temperature=0)
     batched = generate(model, tokenizer, ["7=", *PROMPTS], max_new_tokens=10, temperature=0)
