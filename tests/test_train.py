@@ -404,3 +404,19 @@ def test_bf16_autocast_trains_float32_weights(tmp_path):
     weights = load_file(tmp_path / "checkpoints" / "step_4" / "model.safetensors")
     model_dtypes = {t.dtype for t in weights.values()}
     assert model_dtypes == {torch.float32}
+
+
+def test_a_data_error_comes_before_the_model_loads(tmp_path, monkeypatch):
+    class NoModel:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr("tic_grpo_cli.models.AutoModelForCausalLM", NoModel)
+    data = tmp_path / "six.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{a}+1=", "answer": a + 1}) + "\n" for a in range(6))
+    )
+    cfg = make_cfg("dataset=jsonl", f"dataset.path={data}", f"dataset.cache_dir={tmp_path / 'c'}")
+    with pytest.raises(UserError, match=r"dataset\.test_size: holding out 100 prompts leaves none"):
+        train(cfg, tmp_path / "run")

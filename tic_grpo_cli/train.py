@@ -34,7 +34,12 @@ from tic_grpo_cli.collect import collect_rollout, gather_rollout, pick_samples, 
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import Interrupted, UserError
-from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
+from tic_grpo_cli.models import (
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from tic_grpo_cli.progress import TrainProgress
 from tic_grpo_cli.resume import TrainState, rollout_seed
 from tic_grpo_cli.threads import CpuThreads
@@ -143,19 +148,33 @@ class Policy:
     ref_model: Any = None
 
 
-def load_policy(
-    cfg: DictConfig, dist: Dist, device: torch.device, dtype: torch.dtype, source: Path | None
-) -> Policy:
-    """The model to train (the checkpoint `source` when resuming), wrapped for the ranks,
-    with AdamW and the learning-rate schedule of `lr_lambda`."""
-    hw, tr = cfg.hardware, cfg.trainer
+def policy_model_config(cfg: DictConfig, source: Path | None) -> DictConfig:
+    """The model config to load: `cfg.model`, or the checkpoint `source` when resuming."""
     model_cfg = copy.deepcopy(cfg.model)
     if source:
         with read_write(model_cfg):
             model_cfg.name_or_path = str(source)
             model_cfg.gguf_file = model_cfg.gguf_package = None
+    return model_cfg
+
+
+def load_policy(
+    cfg: DictConfig,
+    dist: Dist,
+    device: torch.device,
+    dtype: torch.dtype,
+    source: Path | None,
+    tokenizer: Any = None,
+) -> Policy:
+    """The model to train (the checkpoint `source` when resuming), wrapped for the ranks,
+    with AdamW and the learning-rate schedule of `lr_lambda`. `tokenizer`: the one
+    `load_tokenizer` already returned for this model, if any."""
+    hw, tr = cfg.hardware, cfg.trainer
+    model_cfg = policy_model_config(cfg, source)
     storage = dist.storage_dtype(dtype)
-    model, tokenizer = load_model_and_tokenizer(model_cfg, device, storage, hw.mixed_precision)
+    model, tokenizer = load_model_and_tokenizer(
+        model_cfg, device, storage, hw.mixed_precision, tokenizer
+    )
     frozen = copy.deepcopy(model) if cfg.algorithm.name == "grpo_no_is" else None
     ref_model = None
     if cfg.algorithm.kl_coef > 0:
@@ -298,9 +317,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.model, hw, device)
     source, saved = resume.load(cfg, run_dir)
-    policy = load_policy(cfg, dist, device, dtype, source)
-    task = build_task(cfg.dataset, policy.tokenizer)
+    # Data built with the tokenizer alone (for chat templates): its errors precede the model load.
+    tokenizer = load_tokenizer(policy_model_config(cfg, source))
+    task = build_task(cfg.dataset, tokenizer)
     train_split = task.split("train")
+    policy = load_policy(cfg, dist, device, dtype, source, tokenizer)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     sampler = PromptSampler(len(train_split), cfg.seed, **(saved or {}).get("sampler", {}))
     state = TrainState()

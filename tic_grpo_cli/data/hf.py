@@ -335,7 +335,7 @@ def build_hf_task(cfg: Any, tokenizer: Any) -> Task:
                 missing["train"] = _too_small_to_hold_out(where, prompts, cfg.test_size)
                 log.info(
                     "%s: its %d distinct prompts are no more than dataset.test_size=%d: "
-                    "all %d rows are the test split",
+                    "all %d rows are the test split, none is left to train on",
                     where,
                     prompts,
                     cfg.test_size,
