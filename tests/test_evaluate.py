@@ -146,6 +146,17 @@ def test_summarize_two_examples_of_four_samples():
     assert m["avg@4"] == m["accuracy"]  # the paper's name for the mean over samples
 
 
+def test_summarize_counts_timed_out_verifications():
+    prediction = {
+        **_prediction([False, True, False, False], [None, "1", None, "2"]),
+        "normalized": [None, "1", None, "2"],
+        "timed_out": [True, False, False, False],
+    }
+    m = summarize([prediction, {**prediction, "timed_out": [True, False, True, False]}], 4)
+    assert m["timed_out_fraction"] == pytest.approx(3 / 8)
+    assert m["unparseable_fraction"] == pytest.approx(4 / 8)  # timed-out ones included
+
+
 def test_summarize_greedy_has_no_majority_vote():
     m = summarize([_prediction([True], ["1"]), _prediction([False], [None])], 1)
     assert m["accuracy"] == m["pass@1"] == 0.5
