@@ -53,6 +53,7 @@ def test_score_rescores_eval_predictions_with_another_scorer(tmp_path):
             "completions": ["1,000 apples", "1000.0", "999"],
             "extracted": ["1", "1000.0", "999"],
             "correct": [False, True, False],
+            "rewards": [0.0, 1.0, 0.0],
         }
     ]
     source = write_jsonl(tmp_path / "predictions.jsonl", predictions)
@@ -62,6 +63,7 @@ def test_score_rescores_eval_predictions_with_another_scorer(tmp_path):
     assert row["correct"] == [True, True, False]
     assert row["normalized"] == ["1000", "1000", "999"]
     assert row["extracted"] == ["1,000", "1000.0", "999"]
+    assert row["reward"] == [1.0, 1.0, 0.0] and "rewards" not in row  # no stale eval rewards
 
 
 def test_score_with_weighted_reward_functions(tmp_path, monkeypatch, capsys):

@@ -134,7 +134,8 @@ def score_rows(rewarder: Rewarder, rows: list[dict[str, Any]]) -> tuple[list, Re
         "reward": result.rewards,
         "timed_out": result.timed_out,
     }
-    out = [dict(row) for row in rows]
+    # An eval predictions.jsonl's own `rewards` would contradict the new `reward`.
+    out = [{k: v for k, v in row.items() if k != "rewards"} for row in rows]
     for name in columns:
         for row in out:
             row[name] = []
