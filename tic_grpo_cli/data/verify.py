@@ -172,6 +172,7 @@ class MathVerifier:
         self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
+        self._owner = os.getpid()
         atexit.register(self.close)
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
@@ -180,6 +181,10 @@ class MathVerifier:
             return [self._one(completion, str(reference)) for completion, reference in pairs]
 
     def _one(self, completion: str, reference: str) -> Verdict:
+        if self._owner != os.getpid():
+            # A forked child (a DataLoader worker) inherits the parent's pipes: it starts its
+            # own worker instead of talking over the parent's.
+            self._process, self._owner = None, os.getpid()
         if self._process is None:
             self._start()
         assert self._process is not None and self._process.stdout and self._process.stdin
