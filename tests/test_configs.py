@@ -286,3 +286,17 @@ def test_config_names_match_the_algorithm_library():
     assert set(config.ALGORITHMS) == set(algorithms.ALGORITHMS)
     assert set(config.AGGREGATIONS) == set(algorithms.AGGREGATIONS)
     assert set(config.KL_ESTIMATORS) == set(algorithms.KL_ESTIMATORS)
+
+
+def test_off_a_terminal_tqdm_bars_are_off(tmp_path):
+    # transformers de-quantises a GGUF file under a plain tqdm bar; in a log file its \r
+    # redraws made one line of thousands of characters (SmolLM2 off a terminal).
+    code = (
+        "from tic_grpo_cli.cli import main; main(['--help']); "
+        "from tqdm.auto import tqdm; [0 for _ in tqdm(range(3), desc='converting')]"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "converting" not in out.stderr

@@ -389,3 +389,63 @@ def test_cpu_bf16_defaults_to_eager_attention(mixed_precision, attn, expected):
         model_cfg(attn_implementation=attn), CPU, torch.float32, mixed_precision
     )
     assert model.config._attn_implementation == expected
+
+
+# --------------------------------------------------------------------------- hub names offline
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """A hub that refuses connections at once (nothing leaves the machine) and an empty cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return tmp_path / "hub"
+
+
+def hub_cfg(name: str = "fakeorg/fake-model"):
+    return OmegaConf.structured(ModelConfig(name_or_path=name))
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_way_out(no_hub):
+    import time
+
+    from tic_grpo_cli.models import _resolve_source
+
+    start = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        _resolve_source(hub_cfg())
+    # Before: from_pretrained retried for ~50 s. One refused request takes milliseconds.
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert message.startswith(
+        "model.name_or_path=fakeorg/fake-model: http://127.0.0.1:9 is unreachable"
+    )
+    assert "model=tiny" in message and "\n" not in message
+
+
+def test_offline_mode_without_the_model_in_the_cache_says_so(no_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from tic_grpo_cli.models import _resolve_source
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="not in the local hub cache and HF_HUB_OFFLINE=1"):
+        _resolve_source(hub_cfg())
+
+
+def test_an_unreachable_hub_loads_a_cached_model_from_the_cache(no_hub, caplog):
+    from tic_grpo_cli.models import _resolve_source
+
+    # The hub cache's layout: refs/main names the snapshot holding the files.
+    repo = no_hub / "models--fakeorg--fake-model"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    with caplog.at_level(logging.WARNING):
+        source, extra = _resolve_source(hub_cfg())
+    assert (source, extra) == ("fakeorg/fake-model", {"local_files_only": True})
+    assert "unreachable" in caplog.text

@@ -179,7 +179,17 @@ def _sweep_argv(args: list[str]) -> list[str]:
     return ["--multirun", *args]
 
 
+def quiet_progress_bars() -> None:
+    """No tqdm bars when stderr is not a terminal: redrawn with \\r, a bar in a log file (GGUF
+    de-quantisation, a hub download) is one line thousands of characters long. tqdm and
+    huggingface_hub read these variables when imported, so this runs before either is."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_progress_bars()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -30,6 +30,8 @@ hf_logging.disable_progress_bar()
 
 TINY_DIR = Path(__file__).parent / "assets" / "tiny"
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+# Seconds the hub gets to answer whether a model exists (one request, no retries).
+HUB_TIMEOUT_S = 5.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -177,7 +179,7 @@ def _resolve_source(model_cfg) -> tuple[str, dict]:
                     f"model.name_or_path: no such directory {name!r}; give a save_pretrained "
                     "directory, a hub name like Qwen/Qwen2.5-0.5B-Instruct, or tiny"
                 )
-            return name, {}  # a hub name
+            return name, _check_hub(name, model_cfg.revision)  # a hub name
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UserError(
             f"model.name_or_path: {str(path)!r} is not a model directory (no config.json); "
@@ -189,6 +191,48 @@ def _resolve_source(model_cfg) -> tuple[str, dict]:
             "pytorch_model*.bin); was the save interrupted?"
         )
     return str(path), {}
+
+
+def _check_hub(name: str, revision: str | None) -> dict:
+    """Ask the hub about `name` once, with a short timeout, before from_pretrained does: with
+    no network, from_pretrained retries for ~50 s before it fails. Returns extra
+    from_pretrained arguments: local_files_only when the hub is unreachable but the model is
+    in the local hub cache. Raises UserError when the model cannot be had."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    where = f"model.name_or_path={name}"
+    hint = "give a local save_pretrained directory or .gguf file, or use model=tiny"
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {}
+        raise UserError(f"{where}: not in the local hub cache and HF_HUB_OFFLINE=1; {hint}")
+    try:
+        HfApi(endpoint=constants.ENDPOINT).model_info(
+            name, revision=revision, timeout=HUB_TIMEOUT_S
+        )
+    except GatedRepoError:
+        return {}  # from_pretrained explains access and tokens better
+    except RepositoryNotFoundError:
+        if cached:
+            return {"local_files_only": True}
+        raise UserError(
+            f"{where}: no such model on {constants.ENDPOINT}; check the name, or {hint}"
+        ) from None
+    except HfHubHTTPError:
+        return {}  # the hub answered (rate limit, server error): from_pretrained decides
+    except Exception as err:  # no answer at all: DNS, refused, timeout, proxy
+        if cached:
+            log.warning(
+                "%s is unreachable; loading %s from the local hub cache", constants.ENDPOINT, name
+            )
+            return {"local_files_only": True}
+        raise UserError(
+            f"{where}: {constants.ENDPOINT} is unreachable ({type(err).__name__}) and the model "
+            f"is not in the local hub cache; {hint}"
+        ) from None
+    return {}
 
 
 def _looks_like_path(name: str) -> bool:
