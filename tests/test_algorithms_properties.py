@@ -10,6 +10,7 @@ from tic_grpo_cli.algorithms import (
     AGGREGATIONS,
     ALGORITHMS,
     compute_policy_loss,
+    correction_weights,
     group_advantages,
     kl_penalty,
 )
@@ -143,3 +144,29 @@ def test_kl_estimators_vanish_on_the_reference_and_k2_k3_are_nonnegative(batch):
         assert kl_penalty(old, old, mask, estimator).item() == 0.0
     for estimator in ("k2", "k3"):
         assert kl_penalty(logprobs, old, mask, estimator).item() >= 0.0
+
+
+@SETTINGS
+@given(
+    minibatches(),
+    st.sampled_from(("token_tis", "seq_tis", "seq_mis")),
+    st.floats(1.01, 10.0),
+    st.floats(-50.0, 50.0),
+)
+def test_correction_weights_are_bounded_and_ignore_padding(batch, mode, cap, garbage):
+    """Weights lie in [0, C] (seq_mis: exactly 0 or 1), padding never changes them, and a
+    sampler that agrees with the trainer gives weight 1 everywhere."""
+    logprobs, old, _, mask = batch
+    correction = correction_weights(mode, logprobs, old, mask, cap)
+    weights = correction.token_weights if mode == "token_tis" else correction.seq_weights
+    assert ((weights >= 0) & (weights <= cap * (1 + 1e-12))).all()
+    if mode == "seq_mis":
+        assert set(weights.tolist()) <= {0.0, 1.0}
+    dirty = correction_weights(
+        mode, logprobs.masked_fill(~mask, garbage), old.masked_fill(~mask, -garbage), mask, cap
+    )
+    dirty_weights = dirty.token_weights if mode == "token_tis" else dirty.seq_weights
+    assert torch.equal(dirty_weights, weights)
+    same = correction_weights(mode, old, old, mask, cap)
+    same_weights = same.token_weights if mode == "token_tis" else same.seq_weights
+    assert (same_weights == 1).all()

@@ -208,7 +208,14 @@ def policy_update(
     return rows_out
 
 
-def _mismatch_row(trainer_old, sampler_logprobs, mask, first_epoch, cfg, dist) -> dict:
+def _mismatch_row(
+    trainer_old: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    first_epoch: list[torch.Tensor],
+    cfg: DictConfig,
+    dist: Dist,
+) -> dict[str, float]:
     """mismatch/*: the trainer's log-probs at theta_old against the sampler's, over the whole
     rollout (over the first minibatch only with trainer.old_logprobs=sampler: no other
     minibatch gets a forward at theta_old)."""
