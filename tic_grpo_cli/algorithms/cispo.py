@@ -1,4 +1,4 @@
-"""CISPO (MiniMax-M1, arXiv 2506.13585, Sec. 3.1, Eq. 4-5):
+"""CISPO (MiniMax-M1, arXiv 2506.13585, Eq. 4-5; docs/algorithms.md):
 
     J = 1/sum_i |s_i| sum_i sum_t sg(clip(r_t, 1-eps_low, 1+eps_high)) A_i log pi_theta(s_t)
 

@@ -1,4 +1,4 @@
-"""GMPO (Geometric-Mean Policy Optimization, arXiv 2507.20673, Sec. 3, Eq. 5):
+"""GMPO (Geometric-Mean Policy Optimization, arXiv 2507.20673; docs/algorithms.md):
 
     J = 1/G sum_i sign(A_i) prod_t |min(r_t A_i, clip(r_t, e^-eps_low, e^eps_high) A_i)|^(1/|s_i|)
 
