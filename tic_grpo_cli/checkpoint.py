@@ -5,6 +5,8 @@ safetensors) and `trainer_state.pt` (optimizer, scheduler, RNG states, step, dat
 config). A checkpoint is written into a temporary sibling directory and renamed, and
 `checkpoints/latest` (a one-line text file naming the newest complete checkpoint) is
 replaced atomically after that, so a crash at any point leaves the previous one usable.
+Readers trust what is in a `step_N` dir, not `latest`: only a dir with weights, config.json
+and trainer_state.pt counts (`list_checkpoints`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from tic_grpo_cli.errors import UserError
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+# save_pretrained writes one of these (sharded: an index plus shards).
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -35,9 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,25 +56,38 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / STATE_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+def missing_parts(path: Path) -> list[str]:
+    """What a checkpoint dir lacks to be loaded and resumed (empty: it is complete)."""
+    path = Path(path)
+    missing = [name for name in (STATE_FILE, "config.json") if not (path / name).is_file()]
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        missing.append("model weights")
+    return missing
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / STATE_FILE).is_file() and (path / "config.json").is_file()
+    return Path(path).is_dir() and not missing_parts(path)
+
+
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every `checkpoints/step_<N>` dir of a run, complete or not, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), child) for child in root.iterdir()
+             if (m := _STEP_DIR.match(child.name)) and child.is_dir()]  # fmt: skip
+    return sorted(found)
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run (weights, config and trainer state), oldest first."""
+    return [(step, path) for step, path in step_dirs(run_dir) if is_checkpoint(path)]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir as given, or a run dir's latest complete checkpoint."""
+    """A checkpoint dir as given, or a run dir's newest complete checkpoint (whatever
+    `latest` says: a crash or a copy can leave a newer `step_N` incomplete). Raises
+    UserError naming what is missing."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(
@@ -74,18 +95,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
         )
     if is_checkpoint(path):
         return path
-    latest_file = path / "checkpoints" / LATEST
-    if latest_file.is_file():
-        candidate = path / "checkpoints" / latest_file.read_text().strip()
-        if is_checkpoint(candidate):
-            return candidate
+    if _STEP_DIR.match(path.name) and path.parent.name == "checkpoints":
+        raise UserError(
+            f"checkpoint {path} is incomplete (missing {', '.join(missing_parts(path))}); "
+            f"give the run dir {path.parent.parent} to use its newest complete checkpoint"
+        )
     found = list_checkpoints(path)
     if found:
         return found[-1][1]
     contents = ", ".join(sorted(p.name for p in path.iterdir())[:8]) if path.is_dir() else "a file"
+    incomplete = f" ({len(step_dirs(path))} incomplete step_N)" if step_dirs(path) else ""
     raise UserError(
-        f"{path} is not a checkpoint (expected {STATE_FILE} and config.json, or a run dir with "
-        f"checkpoints/step_N); found: {contents or 'an empty directory'}"
+        f"{path} is not a checkpoint (expected {STATE_FILE}, config.json and weights, or a run "
+        f"dir with complete checkpoints/step_N{incomplete}); found: {contents or 'an empty directory'}"
     )
 
 
@@ -95,11 +117,16 @@ def save_checkpoint(
     write_model: Callable[[Path], None],
     trainer_state: dict[str, Any],
     keep_last: int = 2,
+    keep_every: int = 0,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write `checkpoints/step_<step>` atomically, point `latest` at it, prune old ones.
 
-    `write_model(dir)` saves the model and tokenizer into `dir`. On any failure (a full disk
-    included) the partial directory is removed and the previous checkpoint stays intact.
+    `write_model(dir)` saves the model and tokenizer into `dir`; `files` (name -> text) are
+    written beside them. Everything goes into a temporary sibling directory renamed to
+    `step_<step>` once whole, so on any failure (a full disk included) the partial directory
+    is removed and the previous checkpoints, a `step_<step>` from an earlier attempt
+    included, stay intact. Pruning: see `prune`.
     """
     import torch
 
@@ -108,11 +135,19 @@ def save_checkpoint(
     final = root / f"step_{step}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; readable like any dir
         write_model(tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            # Out of the way by a rename, deleted only once the new one is in place.
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".old.step_{step}."))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         atomic_write_text(root / LATEST, final.name + "\n")
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,10 +157,33 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep_last > 0:
-        for _, old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune(run_dir, keep_last, keep_every)
     return final
+
+
+def kept_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
+    """The checkpoint steps pruning keeps: the newest `keep_last` (all if 0) and, of the
+    rest, the first one in each window of `keep_every` steps (none if 0), so a run keeps a
+    curve's worth of checkpoints for `tic-grpo eval checkpoint.all=true`."""
+    steps = sorted(steps)
+    if keep_last <= 0:
+        return set(steps)
+    kept = set(steps[-keep_last:])
+    if keep_every > 0:
+        first_in_window: dict[int, int] = {}
+        for step in steps:
+            first_in_window.setdefault(step // keep_every, step)
+        kept |= set(first_in_window.values())
+    return kept
+
+
+def prune(run_dir: Path, keep_last: int, keep_every: int = 0) -> None:
+    """Delete the complete checkpoints `kept_steps` does not keep (never the newest)."""
+    found = list_checkpoints(run_dir)
+    kept = kept_steps([step for step, _ in found], keep_last, keep_every)
+    for step, path in found:
+        if step not in kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_trainer_state(checkpoint_dir: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tic_grpo_cli import overrides
 from tic_grpo_cli.config import register_configs
 from tic_grpo_cli.errors import Interrupted, UserError
+from tic_grpo_cli.run_dir import register_resolvers
 from tic_grpo_cli.validation import validate_eval, validate_train
 
 CONFIG_PATH = "pkg://tic_grpo_cli.conf"
@@ -34,6 +35,7 @@ SUBCOMMANDS = {
 log = logging.getLogger("tic_grpo")
 
 register_configs()
+register_resolvers()
 
 
 def _fail(message: str) -> None:
@@ -150,7 +152,7 @@ def _usage() -> str:
         "  tic-grpo train algorithm=tic",
         "  tic-grpo train --cfg job algorithm=grpo model=tiny",
         "  tic-grpo sweep algorithm=grpo,tic seed=0,1,2",
-        "  tic-grpo eval checkpoint=outputs/train/<date>/<time>",
+        "  tic-grpo eval checkpoint=outputs/train/<date>/<time>-<pid>",
         "  tic-grpo score input=completions.jsonl scorer=gsm8k output=scored.jsonl",
     ]
     return "\n".join(lines)
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if command == "train" and any(a.startswith("resume=") for a in rest):
+        from tic_grpo_cli.resume import resume_argv
+
+        rest = resume_argv(rest)  # the run's own overrides and dir
     if command == "analyze":
         from tic_grpo_cli.analysis import main as analyze_main
 

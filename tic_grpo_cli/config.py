@@ -207,7 +207,10 @@ class TrainerConfig:
     log_every: int = 40
     log_samples_every: int = 400
     save_every: int = 400
+    # Pruning keeps the newest keep_last checkpoints (0: all) and, of the older ones, the
+    # first in every keep_every steps (0: none), for `tic-grpo eval checkpoint.all=true`.
     keep_last: int = 2
+    keep_every: int = 800
     max_nonfinite_steps: int = 3
     max_time_minutes: float | None = None
 

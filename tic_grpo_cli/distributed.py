@@ -220,10 +220,11 @@ class Dist:
 
     def save_checkpoint(
         self, run_dir: Path, step: int, model, tokenizer, optimizer, state: dict[str, Any],
-        keep_last: int,
+        keep_last: int, keep_every: int = 0, files: dict[str, str] | None = None,
     ) -> Path:  # fmt: skip
-        """Rank 0 writes `checkpoints/step_<step>` (checkpoint.save_checkpoint: atomic) and
-        every rank returns its path. The model is always a plain save_pretrained export.
+        """Rank 0 writes `checkpoints/step_<step>` (checkpoint.save_checkpoint: atomic, with
+        `files` beside the model; pruned by keep_last/keep_every) and every rank returns its
+        path. The model is always a plain save_pretrained export.
         The optimizer state goes into trainer_state.pt, except under FSDP, where each rank
         writes its shard into `optimizer/` (readable again on any number of ranks)."""
         from tic_grpo_cli.models import export_model
@@ -233,7 +234,7 @@ class Dist:
             if self.is_main:
                 path = ckpt.save_checkpoint(
                     run_dir, step, lambda d: export_model(model, tokenizer, d),
-                    {**state, "optimizer": optimizer.state_dict()}, keep_last=keep_last,
+                    {**state, "optimizer": optimizer.state_dict()}, keep_last, keep_every, files,
                 )  # fmt: skip
             return Path(self.broadcast_object(str(path)))
         full, staging = self._write_sharded_optimizer(run_dir, step, model, optimizer)
@@ -243,9 +244,9 @@ class Dist:
             tokenizer.save_pretrained(out)
             os.replace(staging, out / OPTIMIZER_DIR)
 
-        path = (
-            ckpt.save_checkpoint(run_dir, step, write, state, keep_last) if self.is_main else None
-        )
+        path = None
+        if self.is_main:
+            path = ckpt.save_checkpoint(run_dir, step, write, state, keep_last, keep_every, files)
         return Path(self.broadcast_object(str(path)))
 
     def _write_sharded_optimizer(self, run_dir: Path, step: int, model, optimizer):

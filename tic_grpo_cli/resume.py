@@ -12,13 +12,14 @@ import hashlib
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tic_grpo_cli import checkpoint as ckpt
 from tic_grpo_cli.distributed import Dist
@@ -37,7 +38,18 @@ class TrainState:
     best_eval: float = math.nan
     last_eval: float = math.nan
     wandb_id: str | None = None
+    wall_time_s: float = 0.0  # training time of the run, every session of it (tick())
+    tokens: int = 0  # completion tokens sampled
     nonfinite_streak: int = 0  # non-finite updates in a row; a resumed run starts from 0
+    _since: float = field(default_factory=time.perf_counter, repr=False)
+
+    def tick(self, restart: bool = False) -> None:
+        """Add the time since the last tick to `wall_time_s` (`restart`: start counting
+        now, e.g. once a resumed run has loaded, without adding the loading time)."""
+        now = time.perf_counter()
+        if not restart:
+            self.wall_time_s += now - self._since
+        self._since = now
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
@@ -49,11 +61,13 @@ class TrainState:
             best_eval=saved.get("best_eval", math.nan),
             last_eval=saved.get("last_eval", math.nan),
             wandb_id=saved.get("wandb_id"),
+            wall_time_s=saved.get("wall_time_s", 0.0),
+            tokens=saved.get("tokens", 0),
         )
 
     def to_checkpoint(self) -> dict[str, Any]:
         saved = asdict(self)
-        del saved["nonfinite_streak"]
+        del saved["nonfinite_streak"], saved["_since"]
         return saved
 
 
@@ -87,39 +101,81 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint `resume` names: null -> None; auto -> this run dir's newest (None if it
-    has none); a path -> that checkpoint, or that run dir's newest. Raises UserError for a
-    path that holds no checkpoint."""
+    """The checkpoint `resume` names: null -> None; auto -> this run dir's newest complete
+    one (None if it has no checkpoint); a path -> that checkpoint, or that run dir's newest
+    complete one. A newer incomplete `step_N` (no weights, config or trainer state) is
+    skipped with a warning. Raises UserError for a path that holds no complete checkpoint."""
     if not cfg.resume:
         return None
-    if cfg.resume == "auto":
-        found = ckpt.list_checkpoints(run_dir)
-        return ckpt.resolve_checkpoint(run_dir) if found else None
-    return ckpt.resolve_checkpoint(cfg.resume)
+    where = run_dir if cfg.resume == "auto" else Path(cfg.resume).expanduser()
+    if cfg.resume == "auto" and not ckpt.step_dirs(run_dir):
+        return None
+    source = ckpt.resolve_checkpoint(where)
+    for step, path in ckpt.step_dirs(where):
+        if path.name != source.name and step > _step_of(source) and not ckpt.is_checkpoint(path):
+            log.warning(
+                "skipping %s: incomplete (missing %s); resuming from %s",
+                path, ", ".join(ckpt.missing_parts(path)), source.name,
+            )  # fmt: skip
+    return source
 
 
-def check_compatible(saved: dict[str, Any], cfg: DictConfig, source: Path) -> None:
-    """Refuse to resume a checkpoint of another model or algorithm (UserError naming the key)."""
-    saved_cfg = saved.get("config", {})
-    for key in ("model.name_or_path", "algorithm.name"):
-        group, field = key.split(".")
-        before = saved_cfg.get(group, {}).get(field)
-        now = cfg[group][field]
-        if before is not None and before != now:
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step_")) if checkpoint.name.startswith("step_") else -1
+
+
+# Keys an override on resume may change: when and how the run is reported, run, stopped and
+# checkpointed, not what it computes. Any other difference from the checkpoint's config is
+# refused (the model, algorithm, data, reward, batch and group sizes, lengths, seed, lr...).
+SAFE_ON_RESUME = (
+    "resume", "trainer.max_steps", "trainer.max_time_minutes", "trainer.eval_every",
+    "trainer.eval_limit", "trainer.eval_batch_size", "trainer.log_every",
+    "trainer.log_samples_every", "trainer.save_every", "trainer.keep_last", "trainer.keep_every",
+    "trainer.micro_batch_size", "trainer.max_nonfinite_steps", "wandb.", "hardware.", "sweep.",
+)  # fmt: skip
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in out.items()}
+
+
+def check_compatible(saved: dict[str, Any], cfg: DictConfig, source: Path) -> dict[str, tuple]:
+    """Compare the config to the checkpoint's: raise UserError naming the first key that
+    would change what the run is (see SAFE_ON_RESUME); return the safe changes as
+    {key: (before, now)}. Keys only one side has (another version's schema) are not compared.
+    """
+    before = _flat(saved.get("config", {}))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = {k: (before[k], now[k]) for k in now if k in before and before[k] != now[k]}
+    for key, (old, new) in changed.items():
+        if not any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME):
             raise UserError(
-                f"{key}={now!r} does not match the checkpoint {source} ({before!r}); "
-                f"resume with {key}={before}"
+                f"{key}={new!r} differs from the checkpoint {source} ({old!r}) and changes what "
+                f"the run is; drop the override to resume (or start a new run from its weights "
+                f"with model.name_or_path={source})"
             )
+    if cfg.trainer.max_steps < saved["step"]:
+        raise UserError(
+            f"trainer.max_steps={cfg.trainer.max_steps} is below the checkpoint's step "
+            f"{saved['step']} ({source}); give a larger value or drop the override"
+        )
+    return {k: v for k, v in changed.items() if k != "resume"}
 
 
 def load(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to resume from and its trainer state, checked against `cfg`; (None,
-    None) for a fresh run."""
+    """The checkpoint to resume from and its trainer state, checked against `cfg` (the safe
+    changes are logged); (None, None) for a fresh run."""
     source = find_checkpoint(cfg, run_dir)
     if source is None:
         return None, None
     saved = ckpt.load_trainer_state(source)
-    check_compatible(saved, cfg, source)
+    for key, (old, new) in check_compatible(saved, cfg, source).items():
+        log.info("resume: %s changed from %r to %r", key, old, new)
     return source, saved
 
 
@@ -133,3 +189,66 @@ def restore(
     policy.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"], generator)
     return TrainState.from_checkpoint(saved)
+
+
+OVERRIDES_FILE = "overrides.yaml"
+
+
+def overrides_file() -> dict[str, str]:
+    """{"overrides.yaml": the command-line overrides that made this run's config}, for its
+    checkpoints: `tic-grpo train resume=<run>` composes them again (cli.resume_argv). Empty
+    outside a Hydra app (train() called from Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    return {OVERRIDES_FILE: OmegaConf.to_yaml(task)}
+
+
+def resume_argv(args: list[str]) -> list[str]:
+    """`tic-grpo train resume=<run or checkpoint dir> [overrides]` as Hydra should see it:
+    the run's saved overrides first (its newest complete checkpoint's overrides.yaml, else
+    its .hydra/overrides.yaml), then the ones given now (they win; train() refuses those
+    that change what the run is), and, unless `hydra.run.dir` is given, the run's own dir,
+    whose .hydra/ record Hydra leaves as it was. Other command lines are returned as given.
+    """
+    value = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("resume=")), None)
+    if value in (None, "", "auto", "null"):
+        return args
+    path = Path(value).expanduser()
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    found = ckpt.list_checkpoints(run)
+    newest = path if ckpt.is_checkpoint(path) else (found[-1][1] if found else None)
+    saved = _saved_overrides(newest, run)
+    if saved is None:  # not a run of ours: train() says why
+        return args
+    given = {_override_key(a) for a in args if "=" in a and not a.startswith("-")}
+    merged = [o for o in saved if _override_key(o) not in given | {"resume"}] + args
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        merged += [f"hydra.run.dir={_quoted(run.absolute())}", "hydra.output_subdir=null"]
+    return merged
+
+
+def _saved_overrides(checkpoint: Path | None, run: Path) -> list[str] | None:
+    for candidate in (checkpoint and checkpoint / OVERRIDES_FILE, run / ".hydra" / OVERRIDES_FILE):
+        if candidate and candidate.is_file():
+            return [str(o) for o in OmegaConf.load(candidate)]
+    return None
+
+
+def _override_key(override: str) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).key_or_group
+    except Exception:  # Hydra reports a malformed override itself, with its own message
+        return override.split("=", 1)[0].lstrip("+~")
+
+
+def _quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted if it holds characters Hydra would parse."""
+    text = str(path)
+    if all(c.isalnum() or c in "/._-:" for c in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

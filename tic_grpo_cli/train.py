@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import time
 from contextlib import contextmanager
@@ -194,7 +195,9 @@ def save(
     sampler: PromptSampler, generator: torch.Generator,
 ) -> Path:  # fmt: skip
     """Write `checkpoints/step_<state.step>` (atomically; rank 0 writes, FSDP shards the
-    optimizer state) with everything `resume` restores; prune to `trainer.keep_last`."""
+    optimizer state) with everything `resume` restores, the run's overrides included;
+    prune (`trainer.keep_last`, `trainer.keep_every`)."""
+    state.tick()
     trainer_state = {
         **state.to_checkpoint(),
         "sampler": sampler.state(),
@@ -204,7 +207,8 @@ def save(
     }
     path = dist.save_checkpoint(
         run_dir, state.step, policy.model, policy.tokenizer, policy.optimizer, trainer_state,
-        keep_last=cfg.trainer.keep_last,
+        keep_last=cfg.trainer.keep_last, keep_every=cfg.trainer.keep_every,
+        files=resume.overrides_file(),
     )  # fmt: skip
     log.info("checkpoint saved: %s", path)
     return path
@@ -281,10 +285,11 @@ def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path)
 
 
 def summarize(
-    cfg: DictConfig, state: TrainState, final_eval: float, wall: float, tokens: int,
-    metrics_path: Path,
-) -> dict[str, Any]:  # fmt: skip
-    """summary.json: final and best eval accuracy, the mean reward of the last rollout."""
+    cfg: DictConfig, state: TrainState, final_eval: float, metrics_path: Path
+) -> dict[str, Any]:
+    """summary.json: final and best eval accuracy, the mean reward of the last rollout, and
+    the training time and throughput of the whole run (all its sessions)."""
+    wall = state.wall_time_s
     k_minibatches = cfg.trainer.rollout_batch_size // cfg.trainer.minibatch_size
     rewards = [r["reward/mean"] for r in observe.read_jsonl(metrics_path) if "reward/mean" in r]
     return {
@@ -294,7 +299,7 @@ def summarize(
         "steps": state.step,
         "rollouts": state.rollouts,
         "wall_time_s": wall,
-        "throughput/tokens_per_s": tokens / max(wall, 1e-9),
+        "throughput/tokens_per_s": state.tokens / max(wall, 1e-9),
         "nonfinite_total": state.nonfinite_total,
         "algorithm": cfg.algorithm.name,
         "seed": cfg.seed,
@@ -339,7 +344,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logger.set_aside_earlier_run()
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
-    started, tokens_total, stop = time.perf_counter(), 0, StopFlag()
+    started, stop = time.perf_counter(), StopFlag()
+    state.tick(restart=True)
     if state.step == 0 and tr.eval_every > 0:
         evaluate(state)
     # A live bar on rank 0's terminal, a heartbeat line in a log; rank 0 only.
@@ -370,7 +376,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             rollout = gather_rollout(rollout, dist, tr.group_size)
             before = state.step
             tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
-            tokens_total += tokens
+            state.tokens += tokens
             progress.update(state.step, reward=float(rollout.rewards.mean()),
                             eval_accuracy=state.last_eval, tokens_per_s=tokens / (t2 - t0))  # fmt: skip
             if _crossed(before, state.step, tr.log_every):
@@ -388,21 +394,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if dist.any(stop.signal is not None):
         path = save(cfg, run_dir, dist, policy, state, sampler, generator)
         logger.finish({})
+        # The run's overrides are in the checkpoint: this command alone continues it in place.
         raise Interrupted(
-            f"interrupted at step {state.step}; checkpoint {path}; continue with "
-            f"`tic-grpo train resume={run_dir}` (plus the same overrides)"
+            f"interrupted at step {state.step}, checkpoint {path}; continue with: "
+            f"tic-grpo train resume={shlex.quote(str(run_dir))}"
         )
     final_eval = state.last_eval
     if tr.eval_every > 0 or math.isnan(final_eval):
         final_eval = evaluate(state)
     save(cfg, run_dir, dist, policy, state, sampler, generator)
-    wall = time.perf_counter() - started
-    summary = summarize(cfg, state, final_eval, wall, tokens_total, logger.metrics_path)
+    summary = summarize(cfg, state, final_eval, logger.metrics_path)
     if dist.is_main:
         ckpt.atomic_write_json(run_dir / "summary.json", summary)
     logger.finish(summary)
     log.info(
         "done: eval accuracy %.3f (best %.3f), %d steps in %.0f s -> %s",
-        final_eval, state.best_eval, state.step, wall, run_dir,
+        final_eval, state.best_eval, state.step, state.wall_time_s, run_dir,
     )  # fmt: skip
     return summary

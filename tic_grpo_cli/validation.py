@@ -169,7 +169,8 @@ def validate_train(cfg: DictConfig) -> None:
     )
     for key in ("max_steps", "micro_batch_size", "ppo_epochs", "max_completion_length"):
         _check(tr[key] >= 1, f"trainer.{key}", f"must be >= 1, got {tr[key]}")
-    for key in ("eval_every", "log_every", "log_samples_every", "save_every", "keep_last"):
+    for key in ("eval_every", "log_every", "log_samples_every", "save_every", "keep_last",
+                "keep_every"):  # fmt: skip
         _check(tr[key] >= 0, f"trainer.{key}", f"must be >= 0, got {tr[key]}")
     _check(
         tr.generation_batch_size is None or tr.generation_batch_size >= 1,
