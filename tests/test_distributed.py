@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 
 from tic_grpo_cli import distributed
-from tic_grpo_cli.collect import collect_rollout, gather_rollout
+from tic_grpo_cli.collect import PromptSampler, collect_rollout, gather_rollout
 from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
@@ -42,7 +42,6 @@ from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import TINY_DIR, load_model_and_tokenizer
 from tic_grpo_cli.observe import read_jsonl
 from tic_grpo_cli.rollout import Generation, Rollout
-from tic_grpo_cli.train import PromptSampler
 from tic_grpo_cli.update import policy_update
 from tic_grpo_cli.validation import validate_train
 

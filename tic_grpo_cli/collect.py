@@ -1,11 +1,13 @@
-"""One rollout's data, outer loop step 1 of PAPER.md: sample G completions per prompt from
-the current policy, score them, and group-normalise the rewards into advantages
-(`collect_rollout`); gather every rank's share for reporting (`gather_rollout`); the
-rollout's metrics and the samples shown on the console (`rollout_metrics`, `pick_samples`).
+"""One rollout's data, outer loop step 1 of PAPER.md: which prompts it takes
+(`PromptSampler`); G completions per prompt from the current policy, scored, rewards
+group-normalised into advantages (`collect_rollout`); every rank's share gathered for
+reporting (`gather_rollout`); the rollout's metrics and the samples shown on the console
+(`rollout_metrics`, `pick_samples`).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,37 @@ from omegaconf import DictConfig
 from tic_grpo_cli import distributed
 from tic_grpo_cli.algorithms import group_advantages
 from tic_grpo_cli.distributed import Dist
+from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.rollout import Generation, Rollout, generate
+
+
+class PromptSampler:
+    """Walks the train split in a seeded shuffled order, epoch after epoch; its position is
+    part of the checkpoint so a resumed run sees the same prompts."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, position: int = 0):
+        if size == 0:
+            raise UserError("the train split is empty: nothing to train on")
+        self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
+
+    def _order(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            order = self._order()
+            chunk = order[self.position : self.position + n - len(out)]
+            out += chunk
+            self.position += len(chunk)
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
 
 
 def collect_rollout(

@@ -31,7 +31,13 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from tic_grpo_cli import checkpoint as ckpt
 from tic_grpo_cli import distributed, observe, resume
 from tic_grpo_cli import run_dir as run_dirs
-from tic_grpo_cli.collect import collect_rollout, gather_rollout, pick_samples, rollout_metrics
+from tic_grpo_cli.collect import (
+    PromptSampler,
+    collect_rollout,
+    gather_rollout,
+    pick_samples,
+    rollout_metrics,
+)
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import Interrupted, UserError
@@ -53,35 +59,6 @@ log = logging.getLogger("tic_grpo")
 
 class TrainingStopped(UserError):
     """The run stopped on purpose (signal, repeated non-finite updates); work is saved."""
-
-
-class PromptSampler:
-    """Walks the train split in a seeded shuffled order, epoch after epoch; its position is
-    part of the checkpoint so a resumed run sees the same prompts."""
-
-    def __init__(self, size: int, seed: int, epoch: int = 0, position: int = 0):
-        if size == 0:
-            raise UserError("the train split is empty: nothing to train on")
-        self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
-
-    def _order(self) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-        return order
-
-    def take(self, n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            order = self._order()
-            chunk = order[self.position : self.position + n - len(out)]
-            out += chunk
-            self.position += len(chunk)
-            if self.position >= self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
 
 
 class StopFlag:
@@ -265,6 +242,23 @@ def stop_if_diverged(tr: DictConfig, state: TrainState, run_dir: Path, logger) -
     )
 
 
+def open_logger(
+    cfg: DictConfig, run_dir: Path, dist: Dist, state: TrainState, source: Path | None
+) -> observe.RunLogger:
+    """The run's metrics.jsonl, samples.jsonl and W&B run (rank 0 only). Resumed from
+    `source`: the same W&B run, the rows logged after the checkpoint's step dropped; a
+    fresh run sets an earlier run's rows in the dir aside."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger = observe.RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
+    state.wandb_id = logger.wandb_id
+    if source:
+        logger.truncate_after(state.step)
+        log.info("resumed from %s at step %d", source, state.step)
+    else:
+        logger.set_aside_earlier_run()
+    return logger
+
+
 def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
     tr = cfg.trainer
     log.info(
@@ -332,16 +326,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     state = TrainState()
     if saved:
         state = resume.restore(saved, source, policy, generator, dist)
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    # Only rank 0 writes metrics and samples and talks to W&B.
-    logger = observe.RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
-    state.wandb_id = logger.wandb_id
-    if saved:
-        logger.truncate_after(state.step)
-        log.info("resumed from %s at step %d", source, state.step)
-    else:
-        logger.set_aside_earlier_run()
+    logger = open_logger(cfg, run_dir, dist, state, source)
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
     started, stop = time.perf_counter(), StopFlag()
