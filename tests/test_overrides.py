@@ -115,6 +115,14 @@ def test_every_value_of_a_sweep_is_checked_before_the_first_job(args, expected):
     assert refused("sweep", *args).startswith(expected)
 
 
+def test_a_sweep_without_multirun_says_how_to_run_it():
+    # Hydra's answer was five lines ("Ambiguous value for argument ...").
+    message = refused("train", "seed=0,1")
+    assert message.startswith("seed=0,1: several values need a multirun: tic-grpo train -m")
+    overrides.check("train", ["-m", "seed=0,1"], validate_train)
+    overrides.check("train", ["dataset.operators=[+,-]"], validate_train)  # a list is one value
+
+
 def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     return subprocess.run(

@@ -71,6 +71,13 @@ def check(
     except OverrideParseException as err:
         raise UserError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
     multirun = bool({"-m", "--multirun"} & set(args))
+    sweeps = [o for o in overrides if o.is_sweep_override()]
+    if sweeps and not multirun:
+        line = sweeps[0].input_line
+        raise UserError(
+            f"{line}: several values need a multirun: tic-grpo {config_name} -m ... (or "
+            f"tic-grpo sweep ...); one list value is written {sweeps[0].key_or_group}=[...]"
+        )
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
         groups = [o for o in overrides if _is_group(o)]
         for override in groups:
