@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import types
@@ -379,6 +380,12 @@ def test_an_interrupted_job_stops_the_whole_sweep(tmp_path, stand_in_trainer, ca
     err = capsys.readouterr().err
     assert "interrupted at step 2" in err and "The sweep stops here" in err
     assert not list(tmp_path.glob("*seed=1*/error.json"))  # incomplete, not failed
+    # The command it prints continues the sweep: seed 0 is skipped, 1 resumed, 2 run.
+    command = err.strip().split("continue it with: ", 1)[1]
+    assert command.startswith("tic-grpo sweep ") and f"hydra.sweep.dir={tmp_path}" in command
+    module.train = finishing
+    assert main(shlex.split(command)[1:]) == 0
+    assert stand_in_trainer == ["grpo/0", "grpo/1", "grpo/1", "grpo/2"]
 
 
 def test_sweep_aggregate_subcommand(

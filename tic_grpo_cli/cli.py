@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -84,14 +85,20 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
     try:
         return run()
     except Interrupted as err:  # Ctrl-C or a scheduler's SIGTERM: stop the whole sweep
-        _fail(
-            f"{err}. The sweep stops here: the same command runs the jobs left "
-            "(add resume=auto to continue this one from its checkpoint)"
-        )
+        _fail(f"{err.where}. The sweep stops here; continue it with: {_sweep_again()}")
     except Exception as err:
         sweep.record_failure(run_dir, err)
         log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, run_dir)
         return None
+
+
+def _sweep_again() -> str:
+    """The command that continues this multirun: the same grid in the same sweep dir, finished
+    jobs skipped (sweep.skip_finished), the interrupted one resumed from its checkpoint."""
+    sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+    kept = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "resume="))]
+    added = [f"hydra.sweep.dir={sweep_dir}", "resume=auto"]
+    return " ".join([sys.argv[0], *(shlex.quote(a) for a in kept + added)])
 
 
 def _rank_argv(run_dir: Path) -> list[str]:

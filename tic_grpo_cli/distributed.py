@@ -411,8 +411,8 @@ def launch(nproc: int, argv: list[str], run_dir: Path) -> dict[str, Any]:
         elastic_launch(config, sys.executable)(*argv)
     except SignalException as err:
         raise UserError(
-            f"stopped by {err.sigval.name}; the ranks saved a checkpoint in "
-            f"{run_dir} (resume with resume={run_dir})"
+            f"stopped by {err.sigval.name}, the ranks saved a checkpoint in {run_dir}; "
+            f"continue with: tic-grpo train resume={run_dir}"
         ) from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()

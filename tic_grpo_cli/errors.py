@@ -11,7 +11,12 @@ class UserError(Exception):
 
 
 class Interrupted(UserError):
-    """A run stopped by SIGINT/SIGTERM after saving a checkpoint: a sweep stops with it."""
+    """A run stopped by SIGINT/SIGTERM after saving a checkpoint: a sweep stops with it.
+    `where` says where it stopped, without the command that continues a single run."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where or message
 
 
 def suggest(word: str, options: list[str], n: int = 3) -> list[str]:

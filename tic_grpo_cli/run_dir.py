@@ -42,6 +42,10 @@ LOCK_FILE = "run.lock"
 HELD_ENV = "TIC_GRPO_RUN_DIR_HELD"
 # What Hydra (and the guard) write before a job runs: a dir holding only these has no results.
 _BOOKKEEPING = {".hydra", LOCK_FILE}
+# The run dirs this process holds. An flock belongs to an open file, so a second lock by
+# the same process would fail: a job run again in-process (a sweep continued after an
+# interrupt, cli.main called twice) takes over the lock it still holds.
+_HELD: dict[Path, RunLock] = {}
 
 
 def process_tag() -> str:
@@ -162,13 +166,15 @@ class RunDirGuard(Callback):
             return  # a rank: the launcher (or rank 0 under torchrun) holds the dir
         missing = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         self.created = missing[-1] if missing else None
-        self.lock = RunLock(run_dir)
-        try:
-            self.lock.acquire()
-        except UserError as err:
-            self.lock = None
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        self.lock = _HELD.get(run_dir) or RunLock(run_dir)
+        if run_dir not in _HELD:
+            try:
+                self.lock.acquire()
+            except UserError as err:
+                self.lock = None
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            _HELD[run_dir] = self.lock
         os.environ[HELD_ENV] = str(run_dir)
         # Errors end the process with SystemExit (cli._fail), past Hydra's on_run_end.
         atexit.register(self.finish)
@@ -178,6 +184,7 @@ class RunDirGuard(Callback):
         if self.lock is None:
             return
         run_dir, self.lock = self.lock.run_dir, self.lock.release()
+        _HELD.pop(run_dir, None)
         os.environ.pop(HELD_ENV, None)
         if self.created and run_dir.is_dir() and not holds_results(run_dir):
             _close_logs_in(run_dir)

@@ -379,11 +379,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if dist.any(stop.signal is not None):
         path = save(cfg, run_dir, dist, policy, state, sampler, generator)
         logger.finish({})
+        where = f"interrupted at step {state.step}, checkpoint {path}"
         # The run's overrides are in the checkpoint: this command alone continues it in place.
-        raise Interrupted(
-            f"interrupted at step {state.step}, checkpoint {path}; continue with: "
-            f"tic-grpo train resume={shlex.quote(str(run_dir))}"
-        )
+        command = f"tic-grpo train resume={shlex.quote(str(run_dir))}"
+        raise Interrupted(f"{where}; continue with: {command}", where)
     final_eval = state.last_eval
     if tr.eval_every > 0 or math.isnan(final_eval):
         final_eval = evaluate(state)
