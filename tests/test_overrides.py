@@ -150,3 +150,9 @@ def test_the_cli_answers_a_typo_in_one_line_and_runs_nothing(tmp_path, args, lin
     assert out.returncode == 2
     assert out.stderr.splitlines()[0].startswith(line) and len(out.stderr.splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_misspelt_subcommand_gets_a_suggestion(tmp_path):
+    out = cli("trian", "trainer.max_steps=1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: unknown subcommand 'trian'; did you mean train? (choose")

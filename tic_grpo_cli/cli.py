@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from tic_grpo_cli import overrides
 from tic_grpo_cli.config import register_configs
-from tic_grpo_cli.errors import Interrupted, UserError
+from tic_grpo_cli.errors import Interrupted, UserError, did_you_mean, suggest
 from tic_grpo_cli.run_dir import register_resolvers
 from tic_grpo_cli.validation import validate_eval, validate_train
 
@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command not in SUBCOMMANDS:
+        hint = did_you_mean(suggest(command, list(SUBCOMMANDS)))
         print(
-            f"error: unknown subcommand {command!r}; choose one of: {', '.join(SUBCOMMANDS)}",
+            f"error: unknown subcommand {command!r}{hint} (choose one of: {', '.join(SUBCOMMANDS)})",
             file=sys.stderr,
         )
         return 2
