@@ -114,10 +114,11 @@ def test_train_on_a_run_dir_in_use_stops_before_writing_into_it(tmp_path):
     [
         ("trainer.lr=-1", "trainer.lr"),  # a bad value, found before anything loads
         ("resume=/no/such/run", "does not exist"),  # found once training sets up
+        ("dataset=jsonl dataset.path=/no/such.jsonl", "dataset.path"),  # a missing file
     ],
 )
 def test_a_command_failing_before_training_leaves_no_run_dir(tmp_path, override, key):
-    proc = cli("train", *TINY_RUN, override, cwd=tmp_path)
+    proc = cli("train", *TINY_RUN, *override.split(), cwd=tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and key in err and "Traceback" not in err
     assert not (tmp_path / "outputs").exists(), list(tmp_path.rglob("*"))
