@@ -33,7 +33,7 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli import distributed
+from tic_grpo_cli import distributed, launch
 from tic_grpo_cli.collect import PromptSampler, collect_rollout, gather_rollout
 from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.data import build_task
@@ -167,7 +167,7 @@ def _worker(rank: int, port: int, configs: dict, rollout: Rollout, out_dir: str)
     torch.set_num_threads(1)
     results = {}
     for name, cfg in configs.items():
-        dist = distributed.setup(cfg.hardware)
+        dist = launch.setup(cfg.hardware)
         part = shard(rollout, dist.rank, dist.world_size, cfg.trainer.group_size)
         rows, params, (model, tokenizer, optimizer) = run_update(cfg, part, dist)
         results[name] = (rows, params)
@@ -332,7 +332,7 @@ def test_distributed_configs_compose(option, mode):
     validate_train(cfg)
     assert cfg.hardware.distributed == mode and cfg.hardware.backend == "auto"
     assert cfg.hardware.nproc_per_node >= 2
-    assert distributed.needs_launch(cfg.hardware) == (not distributed.under_torchrun())
+    assert launch.needs_launch(cfg.hardware) == (not launch.under_torchrun())
 
 
 @pytest.mark.parametrize(
@@ -346,9 +346,9 @@ def test_bad_distributed_settings_name_the_key(override, key):
 
 
 def test_single_process_handle_is_the_identity(monkeypatch):
-    for name in distributed.TORCHRUN_ENV:
+    for name in launch.TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
-    dist = distributed.setup(compose_train().hardware)
+    dist = launch.setup(compose_train().hardware)
     assert dist == distributed.SINGLE and dist.is_main and not dist.active
     assert dist.average(0.25) == 0.25 and dist.any(True) and dist.share(6, "x") == 6
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
@@ -356,10 +356,10 @@ def test_single_process_handle_is_the_identity(monkeypatch):
 
 
 def test_ddp_outside_torchrun_says_how_to_launch(monkeypatch):
-    for name in distributed.TORCHRUN_ENV:
+    for name in launch.TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UserError, match="torchrun"):
-        distributed.setup(compose_train("hardware=ddp").hardware)
+        launch.setup(compose_train("hardware=ddp").hardware)
 
 
 def test_minibatch_must_split_evenly_over_ranks():
@@ -376,7 +376,7 @@ def test_gradient_buckets_keep_order_and_split_by_dtype():
 
 def test_one_machine_rendezvous_is_local(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_NUM_NODES", raising=False)
-    assert distributed.rendezvous()[:2] == (1, "localhost:0")
+    assert launch.rendezvous()[:2] == (1, "localhost:0")
 
 
 def test_slurm_job_of_two_nodes_meets_on_its_first_node(monkeypatch):
@@ -384,9 +384,9 @@ def test_slurm_job_of_two_nodes_meets_on_its_first_node(monkeypatch):
     for name, value in {"SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2",
                         "SLURM_JOB_NODELIST": "gpu[07-08]"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    nodes, endpoint, run_id = distributed.rendezvous()
+    nodes, endpoint, run_id = launch.rendezvous()
     assert nodes == 2 and endpoint.startswith("gpu07:") and run_id == "slurm-4242"
-    assert distributed.rendezvous() == (nodes, endpoint, run_id)  # the same on every node
+    assert launch.rendezvous() == (nodes, endpoint, run_id)  # the same on every node
 
 
 def test_multi_node_fsdp_job_on_slurm_composes():
@@ -395,8 +395,44 @@ def test_multi_node_fsdp_job_on_slurm_composes():
     validate_train(cfg)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    # One task per node: each starts that node's ranks (distributed.launch).
+    # One task per node: each starts that node's ranks (launch.launch).
     assert launcher.nodes == 2 and launcher.tasks_per_node == 1
     assert (
         cfg.hardware.distributed == "fsdp" and cfg.hardware.nproc_per_node == launcher.gpus_per_node
     )
+
+
+# ---- older torch (the oldest accepted is 2.6) ------------------------------------------
+
+
+@pytest.mark.parametrize("has_grace_field", [True, False])
+def test_launcher_gives_ranks_their_grace_only_where_torch_has_the_field(
+    monkeypatch, tmp_path, has_grace_field
+):
+    import dataclasses
+
+    import torch.distributed.launcher.api as api
+
+    fields = [f for f in dataclasses.fields(api.LaunchConfig) if f.name != "shutdown_timeout"]
+    # torch 2.6's LaunchConfig: the same fields without shutdown_timeout.
+    old = dataclasses.make_dataclass(
+        "LaunchConfig", [(f.name, f.type, f) for f in fields], kw_only=True
+    )
+    config_class = api.LaunchConfig if has_grace_field else old
+    seen = []
+    monkeypatch.setattr(api, "LaunchConfig", config_class)
+    monkeypatch.setattr(api, "elastic_launch", lambda config, exe: lambda *a: seen.append(config))
+    assert launch.launch(2, ["-m", "tic_grpo_cli"], tmp_path) == {}
+    assert getattr(seen[0], "shutdown_timeout", None) == (
+        launch.SHUTDOWN_SECONDS if has_grace_field else None
+    )
+
+
+def test_fsdp_on_a_cpu_without_stream_events_says_so(monkeypatch):
+    class OldCpuStream:  # torch 2.6's torch.cpu.Stream: no record_event
+        pass
+
+    monkeypatch.setattr(torch.cpu, "Stream", OldCpuStream)
+    fsdp = distributed.Dist("fsdp", 0, 2, 0, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"hardware=fsdp on the CPU needs a newer torch .*=ddp"):
+        fsdp.wrap(torch.nn.Linear(2, 2), torch.float32)

@@ -10,6 +10,7 @@ import statistics
 import pytest
 import torch
 
+from tic_grpo_cli.analysis import enumeration as en
 from tic_grpo_cli.analysis import gradient_bias as gb
 from tic_grpo_cli.analysis import main as analyze
 from tic_grpo_cli.analysis.gradient_bias import BiasConfig
@@ -18,16 +19,16 @@ TOL = 1e-10  # float64 exactness; the observed errors are ~1e-16
 
 
 def _setup(policy: str = "tabular", eos: bool = True, seed: int = 0):
-    problem = gb.build_problem(vocab=3, length=4, eos=eos)
-    logits_fn, n_params = gb.make_policy(problem, policy, hidden=5)
+    problem = en.build_problem(vocab=3, length=4, eos=eos)
+    logits_fn, n_params = en.make_policy(problem, policy, hidden=5)
     gen = torch.Generator().manual_seed(seed)
-    theta_old = torch.randn(n_params, generator=gen, dtype=gb.DTYPE)
+    theta_old = torch.randn(n_params, generator=gen, dtype=en.DTYPE)
     return problem, logits_fn, theta_old, gen
 
 
 def _far(theta_old: torch.Tensor, gen: torch.Generator, scale: float = 0.5) -> torch.Tensor:
     """A θ well away from θ_old: trajectory ratios past 1+ε and tokens outside the clip."""
-    return theta_old + scale * torch.randn(theta_old.shape, generator=gen, dtype=gb.DTYPE)
+    return theta_old + scale * torch.randn(theta_old.shape, generator=gen, dtype=en.DTYPE)
 
 
 def _direction(problem, logits_fn, old, theta, label: str, **kw) -> torch.Tensor:
@@ -54,28 +55,28 @@ def test_enumeration_is_a_distribution(policy: str, eos: bool) -> None:
     # with EOS: 1 + 2 + 4 + 8 completions ending at EOS, 16 running to T; without: 3^4
     assert len(problem.completions) == (31 if eos else 81)
     assert len(set(problem.completions)) == len(problem.completions)
-    probs = gb.token_logprobs(problem, logits_fn, theta).sum(-1).exp()
+    probs = en.token_logprobs(problem, logits_fn, theta).sum(-1).exp()
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-12)
     if eos:  # ragged lengths, so 1/|s| and 1/T really differ
         assert set(problem.lengths.tolist()) == {1, 2, 3, 4}
 
 
 def test_reward_is_the_pattern_indicator() -> None:
-    assert gb.reward((1, 2)) == 1.0
-    assert gb.reward((2, 1, 1, 2)) == 1.0
-    assert gb.reward((2, 1, 0)) == 0.0
-    assert gb.reward((1,)) == 0.0
+    assert en.reward((1, 2)) == 1.0
+    assert en.reward((2, 1, 1, 2)) == 1.0
+    assert en.reward((2, 1, 0)) == 0.0
+    assert en.reward((1,)) == 0.0
 
 
 @pytest.mark.parametrize("policy", ["tabular", "mlp"])
 def test_true_gradient_matches_finite_differences(policy: str) -> None:
     problem, logits_fn, theta, gen = _setup(policy)
-    grad = gb.true_gradient(problem, logits_fn, theta)
+    grad = en.true_gradient(problem, logits_fn, theta)
     h = 1e-5
     for _ in range(3):
-        v = torch.randn(theta.shape, generator=gen, dtype=gb.DTYPE)
-        plus = gb.objective(problem, logits_fn, theta + h * v)
-        minus = gb.objective(problem, logits_fn, theta - h * v)
+        v = torch.randn(theta.shape, generator=gen, dtype=en.DTYPE)
+        plus = en.objective(problem, logits_fn, theta + h * v)
+        minus = en.objective(problem, logits_fn, theta - h * v)
         fd = float((plus - minus) / (2 * h))
         assert float(grad @ v) == pytest.approx(fd, rel=1e-7, abs=1e-10)
 
@@ -92,7 +93,7 @@ def test_weighting_by_advantage_equals_the_per_completion_sum() -> None:
     stats = gb.ratio_stats(problem, logits_fn, old, theta, BiasConfig())
     assert stats["tic_clipped_mass"] > 0.05 and stats["token_outside_clip"] > 0.05
     # the 8 completions whose ratios moved most, weighted by P_old: both clips are exercised
-    log_rho = (gb.token_logprobs(problem, logits_fn, theta) - old.logprobs).sum(-1)
+    log_rho = (en.token_logprobs(problem, logits_fn, theta) - old.logprobs).sum(-1)
     chosen = log_rho.abs().topk(8).indices
     weights = torch.zeros_like(old.probs)
     weights[chosen] = old.probs[chosen]
@@ -111,11 +112,11 @@ def test_unclipped_tic_is_the_true_gradient_at_any_theta(policy: str) -> None:
     problem, logits_fn, theta_old, gen = _setup(policy)
     old = gb.freeze_old(problem, logits_fn, theta_old)
     theta = _far(theta_old, gen, scale=1.0)
-    grad = gb.true_gradient(problem, logits_fn, theta)
+    grad = en.true_gradient(problem, logits_fn, theta)
     tic = problem.length * _direction(problem, logits_fn, old, theta, "tic")
     assert gb.relative_error(tic, grad) < TOL
     # far from θ_old the true gradient has moved, so the identity is not trivial
-    assert gb.relative_error(gb.true_gradient(problem, logits_fn, theta_old), grad) > 0.1
+    assert gb.relative_error(en.true_gradient(problem, logits_fn, theta_old), grad) > 0.1
     # any constant baseline leaves it exact: E_old[ρ ∇log P_θ] = ∇ Σ_s P_θ(s) = 0
     for baseline in (0.0, 0.7):
         other = dataclasses.replace(old, advantages=problem.rewards - baseline)
@@ -129,12 +130,12 @@ def test_unclipped_grpo_is_the_surrogate_gradient_not_the_true_one() -> None:
     problem, logits_fn, theta_old, gen = _setup()
     old = gb.freeze_old(problem, logits_fn, theta_old)
     theta = _far(theta_old, gen).requires_grad_(True)
-    ratios = (gb.token_logprobs(problem, logits_fn, theta) - old.logprobs).exp() * problem.mask
+    ratios = (en.token_logprobs(problem, logits_fn, theta) - old.logprobs).exp() * problem.mask
     surrogate = (old.probs * ratios.sum(-1) * old.advantages).sum()
     (expected,) = torch.autograd.grad(surrogate, theta)
     grpo = problem.length * _direction(problem, logits_fn, old, theta, "grpo_T_unclipped")
     assert gb.relative_error(grpo, expected) < TOL
-    assert gb.relative_error(grpo, gb.true_gradient(problem, logits_fn, theta)) > 1e-3
+    assert gb.relative_error(grpo, en.true_gradient(problem, logits_fn, theta)) > 1e-3
 
 
 # --- the run: θ_old -> θ_k --------------------------------------------------------------

@@ -64,15 +64,15 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
     """Run one training job. In a multirun a failed job is recorded, not fatal to the others,
     and a job that already finished (its summary.json exists) is skipped."""
     _guarded(lambda: validate_train(cfg))  # before torch, models or data load
-    from tic_grpo_cli import distributed, sweep
+    from tic_grpo_cli import launch, sweep
     from tic_grpo_cli.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run = partial(train, cfg, run_dir)
-    if distributed.needs_launch(cfg.hardware):
+    if launch.needs_launch(cfg.hardware):
         # `tic-grpo train hardware=ddp|fsdp` outside torchrun: start the ranks, each composing
         # this same job into this run dir, and return what rank 0 wrote.
-        run = partial(distributed.launch, cfg.hardware.nproc_per_node, _rank_argv(run_dir), run_dir)
+        run = partial(launch.launch, cfg.hardware.nproc_per_node, _rank_argv(run_dir), run_dir)
     if not _is_multirun():
         return _guarded(run)
     if cfg.wandb.group is None:

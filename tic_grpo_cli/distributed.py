@@ -1,7 +1,7 @@
-"""Several processes, one per device: torch.distributed set-up and the collectives the loop needs.
+"""Several processes, one per device: the `Dist` handle and the collectives the loop needs.
 
 `hardware=ddp` and `hardware=fsdp` run one process (rank) per device, started by torchrun or
-by `tic-grpo train` itself (`launch`). Data parallelism is written out rather than hidden in
+by `tic-grpo train` itself (launch.py: joining the process group, starting the ranks). Data parallelism is written out rather than hidden in
 a DistributedDataParallel wrapper, because the trainer needs to control it:
 
 - every rank draws the same global batch of prompts and keeps its share (whole groups, so
@@ -21,18 +21,12 @@ method returns its input: the single-process path runs the code it always ran.
 
 from __future__ import annotations
 
-import atexit
-import hashlib
-import json
 import logging
 import os
 import shutil
-import sys
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +37,10 @@ from tic_grpo_cli.errors import UserError
 
 log = logging.getLogger("tic_grpo")
 
-# Rank 0 evaluates and writes checkpoints alone while the others wait in a collective; the
-# default timeouts (10 min NCCL, 30 min gloo) would turn a long evaluation into a crash.
-TIMEOUT = timedelta(hours=2)
 # Gradients are all-reduced in flat buckets of this many elements: few calls, bounded memory.
 BUCKET_NUMEL = 1 << 25
 # Under FSDP, a checkpoint's optimizer state is saved sharded (torch.distributed.checkpoint).
 OPTIMIZER_DIR = "optimizer"
-# torchrun sets these; without them there is no process group to join.
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-# How long `launch` lets interrupted ranks finish their rollout and checkpoint.
-SHUTDOWN_SECONDS = 600
 # Stats reduced by max (or min) over ranks rather than averaged, as update.merge_stats does.
 EXTREMES = ("_max", "/max", "_min", "/min")
 
@@ -184,6 +171,12 @@ class Dist:
                 for tensor in [*model.parameters(), *model.buffers()]:
                     torch.distributed.broadcast(tensor.data, src=0)
             return model
+        if self.device.type == "cpu" and not hasattr(torch.cpu.Stream, "record_event"):
+            # FSDP's prefetching records events on the CPU's stream, which torch 2.6 lacks.
+            raise UserError(
+                f"hardware=fsdp on the CPU needs a newer torch than {torch.__version__} (its "
+                "CPU streams cannot record events); use hardware=ddp there, or a GPU"
+            )
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -324,101 +317,3 @@ def _keyed_by_name(state: dict[str, Any], model) -> dict[str, Any]:
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
                          for g in state["param_groups"]],
     }  # fmt: skip
-
-
-# -------------------------------------------------------------------- set-up and launch
-
-
-def under_torchrun() -> bool:
-    return all(name in os.environ for name in TORCHRUN_ENV)
-
-
-def setup(hardware) -> Dist:
-    """Join the process group torchrun prepared (`hardware.distributed` ddp or fsdp), or
-    return the single-process handle. On GPUs each rank takes the device of its local rank;
-    the backend is nccl there and gloo on the CPU unless `hardware.backend` says otherwise."""
-    mode = hardware.distributed
-    if mode == "none":
-        return SINGLE
-    if not under_torchrun():
-        raise UserError(
-            f"hardware.distributed={mode} runs one process per device: start it with "
-            f"`tic-grpo train hardware={mode} ...` (which launches them) or "
-            f"`torchrun --nproc_per_node N -m tic_grpo_cli train hardware={mode} ...`"
-        )
-    local_rank = int(os.environ["LOCAL_RANK"])
-    on_gpu = hardware.device != "cpu" and torch.cuda.is_available()
-    if on_gpu:
-        # models.resolve_device then picks this rank's GPU as the current one.
-        torch.cuda.set_device(local_rank)
-    backend = hardware.backend if hardware.backend != "auto" else ("nccl" if on_gpu else "gloo")
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
-        atexit.register(_shutdown)
-    rank = torch.distributed.get_rank()
-    if rank != 0:
-        # One voice on the console and in train.log; warnings and errors still show.
-        log.setLevel(logging.WARNING)
-    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
-    return Dist(mode, rank, torch.distributed.get_world_size(), local_rank, device)
-
-
-def _shutdown() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def needs_launch(hardware) -> bool:
-    """`tic-grpo train hardware=ddp|fsdp` outside torchrun: this process starts the ranks."""
-    return hardware.distributed != "none" and not under_torchrun()
-
-
-def rendezvous() -> tuple[int, str, str]:
-    """(nodes, endpoint, run id) for the launcher: this machine alone, or all nodes of the
-    SLURM job this process runs in, meeting on its first node at a port chosen by job id."""
-    if int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) <= 1:
-        return 1, "localhost:0", str(uuid.uuid4())
-    # hydra-submitit-launcher's dependency; it reads SLURM's variables and node list.
-    from submitit.slurm.slurm import SlurmJobEnvironment
-
-    job = SlurmJobEnvironment()
-    port = 20000 + int(hashlib.sha256(job.job_id.encode()).hexdigest(), 16) % 20000
-    return job.num_nodes, f"{job.hostnames[0]}:{port}", f"slurm-{job.job_id}"
-
-
-def launch(nproc: int, argv: list[str], run_dir: Path) -> dict[str, Any]:
-    """Run `python <argv>` as `nproc` ranks per node through torchrun's launcher and wait for
-    them; returns the summary rank 0 wrote to `run_dir`. On one machine this is what
-    `torchrun --standalone --nproc_per_node nproc` does; in a SLURM job of several nodes
-    (one task per node, as `hardware=slurm` submits), every node's launcher meets the others
-    on the job's first node."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    if nproc < 1:
-        raise UserError(f"hardware.nproc_per_node must be >= 1, got {nproc}")
-    nodes, endpoint, run_id = rendezvous()
-    config = LaunchConfig(
-        min_nodes=nodes, max_nodes=nodes, nproc_per_node=nproc, run_id=run_id,
-        rdzv_backend="c10d", rdzv_endpoint=endpoint, max_restarts=0,
-        # The ranks run in their own session; the launcher forwards SIGINT/SIGTERM to them,
-        # and they need time to finish the rollout and write a checkpoint before SIGKILL.
-        shutdown_timeout=SHUTDOWN_SECONDS,
-    )  # fmt: skip
-    log.info("launching %d processes: %s %s", nproc, sys.executable, " ".join(argv))
-    try:
-        elastic_launch(config, sys.executable)(*argv)
-    except SignalException as err:
-        raise UserError(
-            f"stopped by {err.sigval.name}, the ranks saved a checkpoint in {run_dir}; "
-            f"continue with: tic-grpo train resume={run_dir}"
-        ) from None
-    except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        raise UserError(
-            f"rank {rank} failed (exit code {failure.exitcode}); its error is "
-            f"printed above and in {run_dir}/train.log"
-        ) from None
-    summary = Path(run_dir) / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {}

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from tic_grpo_cli import checkpoint as ckpt
-from tic_grpo_cli import distributed, observe, resume
+from tic_grpo_cli import launch, observe, resume
 from tic_grpo_cli import run_dir as run_dirs
 from tic_grpo_cli.collect import (
     PromptSampler,
@@ -306,7 +306,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     Interrupted when the run stops early (its last checkpoint saved)."""
     validate_train(cfg)
     tr, hw = cfg.trainer, cfg.hardware
-    dist = distributed.setup(hw)  # one process per device under hardware=ddp|fsdp
+    dist = launch.setup(hw)  # one process per device under hardware=ddp|fsdp
     run_dir = run_dirs.shared(run_dir, dist)
     dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
     device = resolve_device(hw)

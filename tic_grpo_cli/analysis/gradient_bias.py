@@ -16,15 +16,14 @@ Advantages are ``A(s) = R(s) - E_old[R]``: the group-normalised advantage has no
 expectation, and a constant baseline leaves both ``∇J`` and the TIC identity unchanged,
 because ``E_old[ρ ∇log P_θ] = Σ_s ∇P_θ(s) = ∇1 = 0``.
 
-Run: ``python -m tic_grpo_cli.analysis.gradient_bias --steps 16 --out DIR``.
+Run: ``python -m tic_grpo_cli.analysis.gradient_bias --steps 16 --out DIR``. The enumerated
+problem and policy are in enumeration.py, the tables, csv/json and plot in
+gradient_bias_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +31,19 @@ from pathlib import Path
 import torch
 
 from tic_grpo_cli.algorithms import compute_policy_loss
+from tic_grpo_cli.analysis.enumeration import (
+    DTYPE,
+    Problem,
+    build_problem,
+    make_policy,
+    objective,
+    token_logprobs,
+    true_gradient,
+)
+from tic_grpo_cli.analysis.gradient_bias_report import print_table, write_outputs
 
-EOS = 0  # token id that ends a completion early when the vocabulary has one
-PATTERN = (1, 2)  # the reward asks for these two tokens next to each other
 DEFAULT_OUT = Path("outputs/analysis/gradient_bias")
 UNCLIPPED = 1e9  # an epsilon no ratio reaches: turns every clip off
-DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
@@ -80,122 +86,6 @@ DIRECTIONS = (
     Direction("tic_clipped", "tic", note="min(ρ, 1+ε_high), 1/T"),
 )
 DIRECTION_BY_LABEL = {d.label: d for d in DIRECTIONS}
-
-
-# --- the enumerated problem -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Every completion of a tiny autoregressive policy, as padded tensors."""
-
-    completions: list[tuple[int, ...]]
-    tokens: torch.Tensor  # [S, T] long, padded with 0
-    mask: torch.Tensor  # [S, T] bool
-    prefix_index: torch.Tensor  # [S, T] long: the logit row (prefix) each token came from
-    prefix_features: torch.Tensor  # [P, F] float64, the mlp's input per prefix
-    rewards: torch.Tensor  # [S] float64
-    length: int  # T
-    vocab: int
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.mask.sum(-1)
-
-
-def enumerate_completions(
-    vocab: int, length: int, eos: bool
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """All completions (ending at EOS or at T tokens) and all prefixes that emit a token."""
-    completions: list[tuple[int, ...]] = []
-    prefixes: list[tuple[int, ...]] = []
-
-    def grow(prefix: tuple[int, ...]) -> None:
-        prefixes.append(prefix)
-        for token in range(vocab):
-            seq = (*prefix, token)
-            if (eos and token == EOS) or len(seq) == length:
-                completions.append(seq)
-            else:
-                grow(seq)
-
-    grow(())
-    return completions, prefixes
-
-
-def reward(completion: tuple[int, ...]) -> float:
-    """1 if the completion contains PATTERN, else 0: a verifiable reward on the whole text."""
-    n = len(PATTERN)
-    hits = (completion[i : i + n] == PATTERN for i in range(len(completion) - n + 1))
-    return float(any(hits))
-
-
-def _features(prefix: tuple[int, ...], vocab: int, length: int) -> list[float]:
-    # position, previous token (vocab = BOS) and token counts: enough for the mlp to tell
-    # prefixes apart while sharing weights between them, as a language model does
-    position = [float(len(prefix) == i) for i in range(length)]
-    previous = prefix[-1] if prefix else vocab
-    prev = [float(previous == v) for v in range(vocab + 1)]
-    counts = [prefix.count(v) / length for v in range(vocab)]
-    return position + prev + counts
-
-
-def build_problem(vocab: int, length: int, eos: bool) -> Problem:
-    completions, prefixes = enumerate_completions(vocab, length, eos)
-    row = {p: i for i, p in enumerate(prefixes)}
-    tokens = torch.zeros(len(completions), length, dtype=torch.long)
-    mask = torch.zeros(len(completions), length, dtype=torch.bool)
-    prefix_index = torch.zeros(len(completions), length, dtype=torch.long)
-    for i, seq in enumerate(completions):
-        tokens[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = True
-        prefix_index[i, : len(seq)] = torch.tensor([row[seq[:t]] for t in range(len(seq))])
-    features = torch.tensor([_features(p, vocab, length) for p in prefixes], dtype=DTYPE)
-    rewards = torch.tensor([reward(s) for s in completions], dtype=DTYPE)
-    return Problem(completions, tokens, mask, prefix_index, features, rewards, length, vocab)
-
-
-# --- the policy: flat θ -> log-probs of every completion's tokens -----------------------
-
-
-def make_policy(
-    problem: Problem, kind: str, hidden: int
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """(θ -> logits [P, V], number of parameters). θ is one flat float64 vector."""
-    n_prefix, n_feat = problem.prefix_features.shape
-    vocab = problem.vocab
-    if kind == "tabular":
-        return (lambda theta: theta.view(n_prefix, vocab)), n_prefix * vocab
-    if kind != "mlp":
-        raise ValueError(f"unknown policy {kind!r}: expected 'tabular' or 'mlp'")
-    shapes = [(n_feat, hidden), (hidden,), (hidden, vocab), (vocab,)]
-    sizes = [math.prod(s) for s in shapes]
-
-    def logits(theta: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = (p.view(s) for p, s in zip(theta.split(sizes), shapes, strict=True))
-        return torch.tanh(problem.prefix_features @ w1 + b1) @ w2 + b2
-
-    return logits, sum(sizes)
-
-
-def token_logprobs(
-    problem: Problem, logits_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
-) -> torch.Tensor:
-    """log π_θ(s_t | s_<t) for every completion and position, 0 on padding: [S, T]."""
-    logp = torch.log_softmax(logits_fn(theta), dim=-1)
-    return logp[problem.prefix_index, problem.tokens].masked_fill(~problem.mask, 0.0)
-
-
-def objective(problem: Problem, logits_fn: Callable, theta: torch.Tensor) -> torch.Tensor:
-    """J(θ) = Σ_s P_θ(s) R(s), exact."""
-    seq_logp = token_logprobs(problem, logits_fn, theta).sum(-1)
-    return (seq_logp.exp() * problem.rewards).sum()
-
-
-def true_gradient(problem: Problem, logits_fn: Callable, theta: torch.Tensor) -> torch.Tensor:
-    theta = theta.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(objective(problem, logits_fn, theta), theta)
-    return grad
 
 
 # --- expected update directions ---------------------------------------------------------
@@ -365,142 +255,8 @@ def run(cfg: BiasConfig | None = None, out: Path | str | None = None) -> dict:
         "rows": rows,
     }
     if out is not None:
-        write_outputs(result, Path(out))
+        write_outputs(result, Path(out), {d.label: d.note for d in DIRECTIONS})
     return result
-
-
-# --- outputs ----------------------------------------------------------------------------
-
-METRICS = ("cos_now", "cos_old", "err_now", "err_old")
-STATE = ("J", "grad_drift", "rho_max", "tic_clipped_mass", "token_outside_clip", "kl_old_new")
-
-
-def write_outputs(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gradient_bias.json").write_text(json.dumps(result, indent=2))
-    with open(out / "gradient_bias.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["k", "direction", *METRICS, *STATE])
-        for row in result["rows"]:
-            for label, m in row["directions"].items():
-                writer.writerow(
-                    [row["k"], label, *(m[x] for x in METRICS), *(row[x] for x in STATE)]
-                )
-    plot(result, out / "gradient_bias.png")
-
-
-STYLE = {  # label -> (colour, line style): one hue per family, dashes for variants
-    "grpo": ("tab:blue", "-"),
-    "grpo_T": ("tab:blue", "--"),
-    "grpo_T_unclipped": ("tab:cyan", ":"),
-    "grpo_no_is": ("tab:orange", "-"),
-    "grpo_no_is_T": ("tab:orange", "--"),
-    "tic": ("tab:red", "-"),
-    "tic_clipped": ("tab:purple", "--"),
-}
-
-
-DRIFT_LABEL = "‖∇J(θ_k) − ∇J(θ_old)‖ / ‖∇J(θ_old)‖ (how far the true gradient moved)"
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cfg = result["rows"], result["config"]
-    ks = [r["k"] for r in rows]
-    floor = 1e-17  # exact agreement is ~1e-16; clamp 0 so a log axis can show it
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9), sharex=True)
-    panels = [  # the log panel shows which rows are exact, the linear ones how big the rest are
-        (axes[0, 0], "err_now", "relative error to ∇J(θ_k), the current gradient (log)", True),
-        (axes[0, 1], "err_now", "relative error to ∇J(θ_k), the current gradient", False),
-        (axes[1, 0], "err_old", "relative error to ∇J(θ_old), the rollout gradient", False),
-    ]
-    for ax, metric, title, log in panels:
-        for label in rows[0]["directions"]:
-            colour, dash = STYLE.get(label, ("black", "-"))
-            ys = [max(r["directions"][label][metric], floor) for r in rows]
-            note = DIRECTION_BY_LABEL[label].note
-            ax.plot(ks, ys, dash, color=colour, lw=2, marker=".", label=f"{label}: {note}")
-        drift = [max(r["grad_drift"], floor) for r in rows]
-        ax.plot(ks, drift, color="gray", lw=4, alpha=0.35, label=DRIFT_LABEL)
-        if log:
-            ax.set_yscale("log")
-            ax.set_ylim(floor / 3, 10)
-        else:
-            ax.set_ylim(-0.02, 1.0)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax = axes[1, 1]
-    eps = cfg["epsilon_high"]
-    ax.plot(ks, [r["rho_max"] for r in rows], color="black", lw=2, label="max_s ρ(s)")
-    ax.axhline(1 + eps, color="black", ls=":", lw=1, label=f"1 + ε_high = {1 + eps:g}")
-    ax.set_ylabel("ratio")
-    share = ax.twinx()
-    share.plot(
-        ks,
-        [r["tic_clipped_mass"] for r in rows],
-        color="tab:purple",
-        lw=2,
-        ls="--",
-        label="P_old-mass with ρ > 1+ε_high",
-    )
-    share.plot(
-        ks,
-        [r["token_outside_clip"] for r in rows],
-        color="tab:blue",
-        lw=2,
-        ls="--",
-        label="P_old-mean share of tokens outside the PPO clip range",
-    )
-    share.set_ylabel("share")
-    share.set_ylim(0, 1)
-    lines = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
-    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
-    ax.set_title("how far θ_k is from θ_old")
-    ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("inner step k")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, handlelength=4)
-    fig.suptitle(
-        f"Expected update directions by exact enumeration: {result['n_completions']} completions, "
-        f"|V|={cfg['vocab']} (EOS {'on' if cfg['eos'] else 'off'}), T={cfg['length']}, "
-        f"{cfg['policy']} policy; inner steps follow {cfg['path']}, lr={cfg['lr']:g}"
-    )
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def print_table(result: dict, ks: list[int] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = result["rows"]
-    ks = ks or sorted({0, 1, 2, 4, 8, rows[-1]["k"]} & {r["k"] for r in rows})
-    table = Table(title="expected update direction vs the true gradient (exact)")
-    table.add_column("k", justify="right")
-    table.add_column("direction")
-    for target in ("∇J(θ_k)", "∇J(θ_old)"):
-        table.add_column(f"cos {target}", justify="right")
-        table.add_column(f"rel.err {target}", justify="right")
-    for k in ks:
-        for label, m in rows[k]["directions"].items():
-            cells = (f"{m['cos_now']:.6f}", f"{m['err_now']:.2e}")
-            cells += (f"{m['cos_old']:.6f}", f"{m['err_old']:.2e}")
-            table.add_row(str(k), label, *cells)
-        table.add_section()
-    state = Table(title="how far θ_k is from θ_old")
-    for col in ("k", *STATE):
-        state.add_column(col, justify="right")
-    for k in ks:
-        state.add_row(str(k), *(f"{rows[k][x]:.4g}" for x in STATE))
-    console = Console()
-    console.print(table)
-    console.print(state)
 
 
 def main(argv: list[str] | None = None) -> int:
