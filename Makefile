@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make train` and `make test`.
-# Both create .venv on first use. torch is installed first and pinned, so pip never
-# resolves a bare `torch` to the multi-GB CUDA build on a CPU-only machine.
+# Both create .venv on first use. torch is installed first and pinned to a CPU-only
+# machine's build, so pip never resolves the package's `torch>=2.6` to the multi-GB CUDA
+# build here; on a GPU machine install your CUDA's torch first (README: Installing).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
