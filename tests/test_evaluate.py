@@ -363,22 +363,24 @@ def test_a_run_dir_is_evaluated_at_its_latest_checkpoint(fake_run, tmp_path):
     assert len(rows) == 6 and {"prompt", "completions", "extracted", "rewards"} <= set(rows[0])
 
 
-def _dozen_problems(path: Path) -> Path:
+def own_data_eval(run: Path, tmp_path: Path, *extra: str):
+    """An eval config of `run` on a dozen problems of one's own (mine.jsonl), and its path."""
+    data = tmp_path / "mine.jsonl"
     rows = [{"question": f"{a}+{a + 1}=", "answer": str(2 * a + 1)} for a in range(12)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_eval(
+        f"checkpoint.path={run}",
+        "dataset=jsonl",
+        f"dataset.path={data}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    )
+    return cfg, data
 
 
 def test_a_dozen_problem_file_of_ones_own_is_evaluated_whole(fake_run, tmp_path):
     # dataset=jsonl holds out test_size=100 prompts by default, more than the file has.
-    data = _dozen_problems(tmp_path / "mine.jsonl")
-    cfg = compose_eval(
-        f"checkpoint.path={fake_run}",
-        "dataset=jsonl",
-        f"dataset.path={data}",
-        f"dataset.cache_dir={tmp_path / 'cache'}",
-        "eval.max_new_tokens=4",
-    )
+    cfg, data = own_data_eval(fake_run, tmp_path, "eval.max_new_tokens=4")
     results = evaluate(cfg, tmp_path / "eval")
     assert results["dataset"]["num_evaluated"] == 12
     rows = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
@@ -393,14 +395,7 @@ def test_a_data_error_comes_before_any_model_loads(fake_run, tmp_path, monkeypat
             raise AssertionError("the model was loaded before the data was checked")
 
     monkeypatch.setattr("tic_grpo_cli.models.AutoModelForCausalLM", NoModel)
-    data = _dozen_problems(tmp_path / "mine.jsonl")
-    cfg = compose_eval(
-        f"checkpoint.path={fake_run}",
-        "dataset=jsonl",
-        f"dataset.path={data}",
-        f"dataset.cache_dir={tmp_path / 'cache'}",
-        "dataset.prompt_field=problem",
-    )
+    cfg, _ = own_data_eval(fake_run, tmp_path, "dataset.prompt_field=problem")
     with pytest.raises(UserError, match=r"dataset\.prompt_field: no field 'problem'"):
         evaluate(cfg, tmp_path / "eval")
 

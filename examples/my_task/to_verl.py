@@ -36,6 +36,7 @@ if __name__ == "__main__":
         sys.exit("usage: python examples/my_task/to_verl.py OUT_DIR")
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    datasets.disable_progress_bars()
     for split in ("train", "test"):
         datasets.Dataset.from_list(verl_rows(split)).to_parquet(str(out / f"{split}.parquet"))
         print(f"wrote {out / f'{split}.parquet'}")
