@@ -156,3 +156,14 @@ def test_a_misspelt_subcommand_gets_a_suggestion(tmp_path):
     out = cli("trian", "trainer.max_steps=1", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("error: unknown subcommand 'trian'; did you mean train? (choose")
+
+
+def test_a_group_option_from_the_users_own_config_folder_is_accepted(tmp_path):
+    # `hydra.searchpath` is Hydra's way to add one's own options (`dataset=my_task`); the
+    # check sees them, and still corrects a misspelling of them.
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "my_task.yaml").write_text("kind: arithmetic\ntrain_size: 64\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    overrides.check("train", [search, "dataset=my_task"], validate_train)
+    assert "did you mean my_task?" in refused("train", search, "dataset=my_tsk")
+    assert refused("train", "dataset=my_task").startswith("dataset=my_task: no such option")

@@ -374,12 +374,13 @@ def test_missing_resume_path_is_a_user_error(tmp_path):
 
 
 def test_wandb_offline_run_holds_the_logged_keys(tmp_path):
-    from wandb_records import history_keys
+    from wandb_records import wait_for_history_keys
 
     train(make_cfg("wandb.mode=offline", "trainer.max_steps=2", "trainer.eval_every=0"), tmp_path)
     files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    assert {"reward/mean", "loss", "clip_fraction", "ratio/max"} <= history_keys(files[0])
+    expected = {"reward/mean", "loss", "clip_fraction", "ratio/max"}
+    assert expected <= wait_for_history_keys(files[0], expected)
 
 
 def test_checkpoint_dir_reloads_as_a_plain_model(tmp_path):

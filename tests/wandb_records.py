@@ -9,6 +9,7 @@ blocks of chunks, each with a 7-byte header (checksum, little-endian length, typ
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +47,21 @@ def history_keys(path: Path) -> set[str]:
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
+
+
+def wait_for_history_keys(path: Path, expected: set[str], timeout_s: float = 60.0) -> set[str]:
+    """The history keys of `path` once they include `expected`, or what is there after
+    `timeout_s`. W&B's service process writes the run file on its own schedule: `finish()`
+    can return before the last records reach the disk (seen under load), so a reader that
+    looks once may find none of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            keys = history_keys(path)
+        except Exception:  # a record cut mid-write: read again
+            if time.monotonic() > deadline:
+                raise
+            keys = set()
+        if expected <= keys or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.5)

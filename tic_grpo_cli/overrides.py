@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -78,17 +79,22 @@ def check(
             f"{line}: several values need a multirun: tic-grpo {config_name} -m ... (or "
             f"tic-grpo sweep ...); one list value is written {sweeps[0].key_or_group}=[...]"
         )
+    # A config folder of the user's own (`hydra.searchpath=[file://...]`) adds group
+    # options, e.g. `dataset=my_task`: every look-up below sees it too.
+    search = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        groups = [o for o in overrides if _is_group(o)]
+        options = partial(_group_options, config_name, search)
+        groups = [o for o in overrides if options(o.key_or_group)]
         for override in groups:
-            _check_group_values(override)
-        base = _compose(config_name, _first(groups))
+            _check_group_values(override, options(override.key_or_group))
+        compose_job = partial(_compose, config_name, search)
+        base = compose_job(_first(groups))
         keys = _all_keys(base)
         for override in overrides:
             if override not in groups:
                 _check_key(config_name, override, base, keys)
         per_override = [_values(o) for o in overrides]
-        job = _compose(config_name, [values[0] for values in per_override if values])
+        job = compose_job([values[0] for values in per_override if values])
         if not multirun or validate is None:
             return
         validate(job)
@@ -96,7 +102,7 @@ def check(
         for i, values in enumerate(per_override):
             for line in values[1:]:
                 job_lines = [line if j == i else v[0] for j, v in enumerate(per_override) if v]
-                validate(_compose(config_name, job_lines))
+                validate(compose_job(job_lines))
 
 
 def _override_args(args: list[str]) -> list[str]:
@@ -112,9 +118,11 @@ def _override_args(args: list[str]) -> list[str]:
     return out
 
 
-def _is_group(override: Override) -> bool:
-    repo = GlobalHydra.instance().config_loader().repository  # type: ignore[attr-defined]
-    return repo.group_exists(override.key_or_group)
+def _group_options(config_name: str, search: list[str], group: str) -> list[str]:
+    """The options of config group `group` (none when `group` is no group), the user's
+    search path included."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(loader.get_group_options(group, config_name=config_name, overrides=search))
 
 
 def _values(override: Override) -> list[str]:
@@ -133,12 +141,10 @@ def _first(overrides: list[Override]) -> list[str]:
     return [values[0] for values in map(_values, overrides) if values]
 
 
-def _check_group_values(override: Override) -> None:
+def _check_group_values(override: Override, options: list[str]) -> None:
     if override.type == OverrideType.DEL:
         return
     group = override.key_or_group
-    loader = GlobalHydra.instance().config_loader()
-    options = sorted(loader.get_group_options(group))
     for line in _values(override):
         value = line.split("=", 1)[1]
         if value not in options and value != "null":
@@ -183,9 +189,9 @@ def _walk(node: DictConfig, prefix: str) -> Iterator[str]:
             yield from _walk(child, f"{key}.")
 
 
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+def _compose(config_name: str, search: list[str], overrides: list[str]) -> DictConfig:
     try:
-        return compose(config_name, overrides=overrides)
+        return compose(config_name, overrides=[*search, *overrides])
     except MissingConfigException as err:
         group = str(err).split("Could not find '", 1)[-1].split("/", 1)[0]
         choice = next((o for o in overrides if o.lstrip("+").split("=")[0] == group), group)
