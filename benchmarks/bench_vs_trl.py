@@ -4,6 +4,7 @@ GRPOTrainer, same model, prompts, shapes and loss, each system in its own proces
     python benchmarks/bench_vs_trl.py                         # tiny, then smollm2_135m if installed
     python benchmarks/bench_vs_trl.py --models tiny --reps 5 --rollouts 4
     python benchmarks/bench_vs_trl.py --out results.json      # also write every number
+    python benchmarks/bench_vs_trl.py --models tiny_chain --prompts 32 --length 64  # chain shape
 
 Reference shape: N=16 prompts x G=8 completions of exactly L=32 tokens per rollout, K=4
 minibatches, one optimizer step each, torch on 2 threads. Every completion runs to L in both
@@ -84,7 +85,8 @@ def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, st
     )
     model, tokenizer = benchlib.load_model(cfg, args.model, args.threads)
     args.loaded_rss_mb = benchlib.current_rss_mb()  # before any rollout: weights + libraries
-    examples = benchlib.arithmetic_prompts(args.prompts * (args.warmup + args.rollouts))
+    n = args.prompts * (args.warmup + args.rollouts)
+    examples = benchlib.task_prompts(args.model, n, args.length)
     return cfg, model, tokenizer, examples
 
 

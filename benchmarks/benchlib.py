@@ -155,13 +155,29 @@ def run_worker(script: Path, args: list[str]) -> tuple[dict[str, Any], Load]:
 # A token the model never emits, declared as the only EOS so that every completion runs to
 # max_completion_length in both systems (RL step times then compare like with like; with the
 # real EOS the trained tiny model stops after ~4 tokens).
-NEVER_EMITTED = {"tiny": "<unk>", "smollm2_135m": "<repo_name>"}
+NEVER_EMITTED = {"tiny": "<unk>", "tiny_chain": "<unk>", "smollm2_135m": "<repo_name>"}
+EMBEDDED_MODELS = ("tiny", "tiny_chain")
 
 
 def arithmetic_prompts(n: int, seed: int = 0) -> list[dict[str, str]]:
     from tic_grpo_cli.data.arithmetic import generate
 
     return [{"prompt": p.question, "answer": p.answer} for p in generate("train", n, seed=seed)]
+
+
+def chain_prompts(n: int, length: int, seed: int = 0) -> list[dict[str, str]]:
+    """Prompts of the `chain` task with as many steps as `length` completion tokens hold
+    (8 per step), the shape `dataset=chain` / `chain_long` trains at."""
+    from tic_grpo_cli.data.chain import generate
+
+    steps = max(length // 8, 1)
+    problems = generate("train", n, seed=seed, chain_length=steps)
+    return [{"prompt": p.question, "answer": p.answer} for p in problems]
+
+
+def task_prompts(model: str, n: int, length: int) -> list[dict[str, str]]:
+    """The prompts of the task the model was warmed up on: chain for tiny_chain, else arithmetic."""
+    return chain_prompts(n, length) if model == "tiny_chain" else arithmetic_prompts(n)
 
 
 def prefix_reward(completion: str, answer: str) -> float:
@@ -198,7 +214,7 @@ def load_model(cfg: Any, model: str, threads: int):
 
 def model_available(name: str) -> str | None:
     """None if the model can be loaded offline, else why not."""
-    if name == "tiny":
+    if name in EMBEDDED_MODELS:
         return None
     import importlib.metadata
     import importlib.util

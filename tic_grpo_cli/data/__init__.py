@@ -4,7 +4,7 @@ task = build_task(dataset_cfg, tokenizer)
 task.train[i] -> {"prompt": final model input, "answer": str, "question": raw prompt, ...}
 task.score(completions, examples) -> RewardResult(rewards, correct, extracted, terms)
 
-Where things are: task.py (Task, Examples), embedded.py (arithmetic, countdown), hf.py (your
+Where things are: task.py (Task, Examples), embedded.py (arithmetic, countdown, chain), hf.py (your
 own files and hub data sets), prompts.py (templates, chat), rewards.py (scorers, reward fns).
 """
 
@@ -23,8 +23,8 @@ def build_task(cfg: Any, tokenizer: Any = None) -> Task:
     """The task a `dataset` config node describes; `tokenizer` decides the chat template
     (None: plain text, fine for the embedded tasks). Data errors raise UserError here,
     before any model is needed."""
-    if cfg.kind in ("arithmetic", "countdown"):
+    if cfg.kind in ("arithmetic", "countdown", "chain"):
         return build_embedded_task(cfg, tokenizer)
     if cfg.kind == "hf":
         return build_hf_task(cfg, tokenizer)
-    raise UserError(f"dataset.kind: got {cfg.kind!r}; allowed: arithmetic, countdown, hf")
+    raise UserError(f"dataset.kind: got {cfg.kind!r}; allowed: arithmetic, countdown, chain, hf")

@@ -1,0 +1,199 @@
+"""The `chain` task, the trajectory-ratio diagnostics and the study's per-job record."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from tic_grpo_cli import diagnostics, study
+from tic_grpo_cli.config import ConfigError, register_configs, validate_train
+from tic_grpo_cli.data import build_task, chain
+
+
+def compose_train(*overrides: str):
+    register_configs()
+    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_worked_answer_by_hand():
+    problem = chain.ChainProblem(57, (("+", 3), ("-", 8), ("+", 6)))
+    assert problem.question == "57+3-8+6="
+    assert problem.answer == "57+3=60,60-8=52,52+6=58"
+
+
+@pytest.mark.parametrize("length", [2, 4, 8])
+def test_problems_are_valid_and_fit_the_token_budget(length):
+    for p in chain.generate("train", 300, seed=1, chain_length=length):
+        assert len(p.steps) == length
+        value = p.start
+        for op, b in p.steps:
+            assert 1 <= b <= 9
+            value = value + b if op == "+" else value - b
+            assert 0 <= value <= 99
+        assert int(p.answer.rsplit("=", 1)[1]) == value
+        # Every step is at most "99-9=90," and the answer plus EOS fits 8 tokens per step.
+        assert len(p.answer) + 1 <= 8 * length == chain.max_completion_tokens(length)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    splits = {s: chain.generate(s, 400, seed=0, chain_length=3) for s in chain.SPLITS}
+    questions = {s: {p.question for p in ps} for s, ps in splits.items()}
+    assert all(len(q) == 400 for q in questions.values())
+    assert not questions["train"] & questions["test"]
+    assert not questions["train"] & questions["validation"]
+    assert not questions["validation"] & questions["test"]
+    assert chain.generate("test", 400, seed=0, chain_length=3) == splits["test"]
+    assert chain.generate("test", 50, seed=1, chain_length=3) != splits["test"][:50]
+
+
+def test_bad_split_and_too_many_problems():
+    with pytest.raises(ValueError, match="split must be one of"):
+        chain.generate("dev", 5)
+    with pytest.raises(ValueError, match=r"only .* distinct"):
+        chain.generate("test", 5000, chain_length=1)  # ~190 one-step test problems exist
+
+
+def test_task_scores_the_whole_chain_and_evaluates_validation_on_request():
+    cfg = compose_train("dataset=chain", "dataset.test_split=validation", "dataset.test_size=20")
+    task = build_task(cfg.dataset)
+    example = task.test[0]
+    assert chain.split_of(example["question"]) == "validation"
+    assert example["prompt"] == example["question"]
+    right = example["answer"]
+    wrong_last = right[:-1] + str((int(right[-1]) + 1) % 10)
+    result = task.score([right, wrong_last, right + ",", ""], [example] * 4)
+    assert result.correct == [True, False, False, False]
+
+
+def test_chain_long_preset_and_bad_splits():
+    cfg = compose_train("dataset=chain_long", "model=tiny_chain")
+    assert (cfg.dataset.chain_length, cfg.dataset.max_completion_length) == (8, 64)
+    validate_train(cfg)
+    with pytest.raises(ConfigError, match=r"dataset.test_split: got 'validation'; allowed: test"):
+        validate_train(compose_train("dataset=arithmetic", "dataset.test_split=validation"))
+    with pytest.raises(ConfigError, match=r"dataset.chain_length: must be >= 1"):
+        validate_train(compose_train("dataset=chain", "dataset.chain_length=0"))
+
+
+def test_ratio_diagnostics_by_hand():
+    # Two completions; the second has one padded token. log rho = 0.2 + 0.1 = 0.3 and -0.5.
+    old = torch.zeros(2, 2)
+    new = torch.tensor([[0.2, 0.1], [-0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    moments = diagnostics.ratio_moments(new, old, mask, epsilon_high=0.28)
+    stats = diagnostics.finish(moments)
+    rho = [math.exp(0.3), math.exp(-0.5)]
+    assert stats["log_rho_std"] == pytest.approx(0.4)  # population std of 0.3 and -0.5
+    assert stats["capped_fraction"] == 0.5  # exp(0.3) = 1.35 > 1.28; exp(-0.5) is not
+    assert stats["ess"] == pytest.approx(sum(rho) ** 2 / (2 * sum(r * r for r in rho)))
+    k3 = [math.exp(x) - 1 - x for x in (0.2, 0.1, -0.5)]
+    assert stats["kl_old"] == pytest.approx((k3[0] + k3[1] + k3[2]) / 2)
+
+
+def test_ratio_diagnostics_merge_across_micro_batches():
+    torch.manual_seed(0)
+    old, new = torch.randn(6, 5), torch.randn(6, 5) * 0.1
+    mask = (torch.rand(6, 5) > 0.3).float()
+    whole = diagnostics.finish(diagnostics.ratio_moments(new, old + new * 0, mask, 0.28))
+    merged: dict[str, float] = {}
+    for rows, weight in ((slice(0, 2), 2 / 6), (slice(2, 6), 4 / 6)):
+        part = diagnostics.ratio_moments(new[rows], old[rows], mask[rows], 0.28)
+        for key, value in part.items():
+            merged[key] = merged.get(key, 0.0) + value * weight
+    for key, value in diagnostics.finish(merged).items():
+        assert value == pytest.approx(whole[key]), key
+
+
+def metric_rows():
+    """Two rollouts of K = 2 steps with an eval at 0, 2 and 4, as the trainer logs them."""
+    rows = [{"step": 0, "eval/accuracy": 0.3}]
+    for rollout, (reward, seconds) in enumerate(((0.25, 1.5), (0.5, 2.5)), start=1):
+        for k in range(2):
+            rows.append(
+                {
+                    "step": 2 * (rollout - 1) + k + 1,
+                    "rollout": rollout,
+                    "minibatch": k,
+                    "reward/mean": reward,
+                    "time/rollout_s": seconds - 1.0,
+                    "time/update_s": 1.0,
+                    "clip_fraction": 0.1 * k,
+                    "ratio_diag/kl_old": 0.01 * k * rollout,
+                }
+            )
+        rows.append({"step": 2 * rollout, "eval/accuracy": 0.3 + 0.1 * rollout})
+    return rows
+
+
+def test_study_record_by_hand(tmp_path):
+    record = study.compact(metric_rows())
+    assert record["eval"] == [[0, 0.3, 0.0], [2, 0.4, 1.5], [4, 0.5, 4.0]]
+    assert record["reward"] == [[1, 0.25], [3, 0.5]]
+    assert record["diag_by_k"]["1"] == {"clip_fraction": 0.0, "ratio_diag/kl_old": 0.0}
+    assert record["diag_by_k"]["2"]["ratio_diag/kl_old"] == pytest.approx((0.01 + 0.02) / 2)
+    run = tmp_path / "job"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metric_rows()))
+    assert study.record(run) is None  # not finished: no summary.json
+    (run / "summary.json").write_text("{}")
+    assert json.loads(study.record(run).read_text()) == json.loads(json.dumps(record))
+
+
+def test_arms_set_algorithm_and_lower_clip():
+    cfg = compose_train("+arm=traj_is_nolow")
+    assert (cfg.algorithm.name, cfg.algorithm.epsilon_low) == ("traj_is", 1.0)
+    cfg = compose_train("+arm=tic", "trainer.lr=3e-4")
+    assert (cfg.algorithm.name, cfg.trainer.lr) == ("tic", 3e-4)
+    assert OmegaConf.select(cfg, "algorithm.epsilon_low") == 0.2
+
+
+def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
+    """experiment=chain_study with 2 arms x 1 seed of 2 steps: study.json per job, the report,
+    and a second run that skips both finished jobs."""
+    import sys
+
+    from tic_grpo_cli.analysis import chain_study
+    from tic_grpo_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    runs = tmp_path / "runs"
+    args = [
+        "sweep",
+        "experiment=chain_study",
+        "hydra/launcher=basic",  # in this process: no worker start-up
+        "dataset=chain",
+        "seed=0",
+        "+arm=grpo,traj_is_nolow",
+        "trainer.rollout_batch_size=2",
+        "trainer.minibatch_size=1",
+        "trainer.group_size=2",
+        "trainer.max_steps=2",
+        "trainer.eval_every=1",
+        "trainer.eval_limit=4",
+        "dataset.train_size=16",
+        "dataset.test_size=4",
+        f"hydra.sweep.dir={runs}",
+    ]
+    assert main(args) == 0
+    records = sorted(runs.glob("*/study.json"))
+    assert len(records) == 2
+    first = json.loads(records[0].read_text())
+    assert first["job"]["K"] == 2 and first["job"]["chain_length"] == 4
+    assert [row[0] for row in first["eval"]] == [0, 1, 2]
+    assert set(first["diag_by_k"]) == {"1", "2"}
+    stamps = [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")]
+    assert main(args) == 0  # everything finished: nothing runs again
+    assert [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")] == stamps
+
+    text = chain_study.report(tmp_path, threshold=0.0)
+    assert "| 4 | 2 | grpo | 1 |" in text and "| 4 | 2 | traj_is_nolow | 1 |" in text
+    rows = (tmp_path / "cells.csv").read_text().splitlines()
+    assert len(rows) == 3
+    for name in ("chain_study_curves.png", "chain_study_steps.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

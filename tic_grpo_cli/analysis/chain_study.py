@@ -1,0 +1,296 @@
+"""Report of the chain study: TIC-GRPO against GRPO and its ablations on the long `chain` task.
+
+    tic-grpo analyze chain-study [--dir docs/results/chain_study] [--threshold 0.6]
+
+Reads the job dirs the study's two sweeps leave (docs/RESULTS.md, "The chain study"):
+``<dir>/lr_grid`` (experiment=chain_lr_grid: each arm at each learning rate, scored on the
+validation split) and ``<dir>/runs`` (experiment=chain_study: every arm x K x chain length x
+seed at the arm's chosen rate, scored on the test split). Each finished job has
+.hydra/overrides.yaml, summary.json and study.json (`tic_grpo_cli.study`). Writes
+``<dir>/report.md``, ``<dir>/cells.csv`` and two plots, and prints the report. Whatever has
+finished is reported; a cell with fewer seeds than planned says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from tic_grpo_cli import study, sweep
+
+DEFAULT_DIR = Path("docs/results/chain_study")
+DIAGS = (
+    ("ratio_diag/log_rho_std", "std log ρ"),
+    ("ratio_diag/capped_fraction", "ρ > 1+ε"),
+    ("ratio_diag/ess", "ESS/n"),
+    ("ratio_diag/kl_old", "KL(old‖θ)"),
+    ("clip_fraction", "own clip frac."),
+)
+
+
+def arm_name(job: dict[str, Any]) -> str:
+    """The study's name for a job's algorithm: traj_is without a lower clip is its own arm."""
+    low = job.get("epsilon_low")
+    nolow = job["algorithm"] == "traj_is" and low is not None and low >= 1
+    return "traj_is_nolow" if nolow else job["algorithm"]
+
+
+def _load(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Finished jobs with a study record: arm, lr, K, chain length, seed and the record."""
+    if not sweep_dir.is_dir():
+        return []
+    out = []
+    for job in sweep.find_jobs(sweep_dir):
+        record_path = job.dir / study.RECORD
+        if job.status != "finished" or not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        facts = record.get("job")
+        if not facts:
+            continue
+        out.append(
+            {
+                "arm": arm_name(facts),
+                "lr": f"{facts['lr']:g}",
+                "k": facts["K"],
+                "length": facts["chain_length"],
+                "seed": int(job.seed),
+                "summary": job.summary,
+                "record": record,
+            }
+        )
+    return out
+
+
+def _final(record: dict[str, Any], last: int = 2) -> float:
+    """Mean accuracy of the last `last` evaluations: one evaluation alone swings by points."""
+    accs = [acc for _, acc, _ in record["eval"][-last:]]
+    return sum(accs) / len(accs)
+
+
+def _reach(record: dict[str, Any], threshold: float) -> tuple[int, float] | None:
+    """(step, train seconds) of the first evaluation at or above the threshold."""
+    for step, acc, seconds in record["eval"]:
+        if acc >= threshold:
+            return step, seconds
+    return None
+
+
+def _fmt(values: list[float], fmt: str = "{:.3f}") -> str:
+    d = sweep.describe(values)
+    if d["mean"] is None:
+        return "-"
+    if d["std"] is None:
+        return fmt.format(d["mean"])
+    lo, hi = fmt.format(d["ci95_low"]), fmt.format(d["ci95_high"])
+    return f"{fmt.format(d['mean'])} [{lo}, {hi}]"
+
+
+def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Markdown rows of the grid (validation accuracy, mean over seeds and lengths) and the
+    chosen rate per arm (the highest mean; ties go to the smaller rate)."""
+    by_arm: dict[str, dict[str, list[float]]] = {}
+    for job in jobs:
+        by_arm.setdefault(job["arm"], {}).setdefault(job["lr"], []).append(_final(job["record"]))
+    lines = [
+        "| arm | " + " | ".join(["lr: validation accuracy (runs)"]) + " | chosen |",
+        "|---|---|---|",
+    ]
+    chosen = {}
+    for arm, by_lr in sorted(by_arm.items()):
+        means = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
+        chosen[arm] = max(sorted(means, key=float), key=lambda lr: means[lr])
+        cells = ", ".join(
+            f"{lr}: {means[lr]:.3f} ({len(by_lr[lr])})" for lr in sorted(means, key=float)
+        )
+        lines.append(f"| {arm} | {cells} | {chosen[arm]} |")
+    return lines, chosen
+
+
+def cell_rows(jobs: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """One row per (chain length, K, arm): finals, threshold times and last-step diagnostics."""
+    cells: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for job in jobs:
+        key = (job["length"], job["k"], job["arm"])
+        cells.setdefault(key, []).append(job)
+    rows = []
+    for (length, k, arm), group in sorted(cells.items()):
+        reached = [r for j in group if (r := _reach(j["record"], threshold)) is not None]
+        row: dict[str, Any] = {
+            "chain_length": length,
+            "K": k,
+            "arm": arm,
+            "seeds": len(group),
+            "final_acc": _fmt([_final(j["record"]) for j in group]),
+            "reached": f"{len(reached)}/{len(group)}",
+            "steps_to_threshold": _fmt([float(s) for s, _ in reached], "{:.0f}"),
+            "seconds_to_threshold": _fmt([t for _, t in reached], "{:.0f}"),
+        }
+        for key, _ in DIAGS:  # at the last inner step k = K, where the policy is furthest off
+            values = [
+                d[key] for j in group if (d := j["record"]["diag_by_k"].get(str(k))) and key in d
+            ]
+            row[key] = _fmt(values, "{:.3f}")
+        rows.append(row)
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], threshold: float) -> list[str]:
+    heads = [
+        "T (steps)",
+        "K",
+        "arm",
+        "seeds",
+        "final test acc",
+        f"steps to {threshold:g}",
+        f"train s to {threshold:g}",
+        *(h + " @k=K" for _, h in DIAGS),
+    ]
+    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        cells = [
+            str(r["chain_length"]),
+            str(r["K"]),
+            r["arm"],
+            str(r["seeds"]),
+            r["final_acc"],
+            f"{r['steps_to_threshold']} ({r['reached']})",
+            r["seconds_to_threshold"],
+            *(r[key] for key, _ in DIAGS),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against step, one panel per (chain length, K), mean and min-max band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = sorted({(j["length"], j["k"]) for j in jobs})
+    arms = sorted({j["arm"] for j in jobs})
+    cols = max(len({k for _, k in panels}), 1)
+    rows_n = max(len({t for t, _ in panels}), 1)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows_n + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows_n, cols, squeeze=False)
+    lengths, ks = sorted({t for t, _ in panels}), sorted({k for _, k in panels})
+    for t, k in panels:
+        ax = axes[lengths.index(t)][ks.index(k)]
+        for i, arm in enumerate(arms):
+            series = [
+                [(s, a) for s, a, _ in j["record"]["eval"]]
+                for j in jobs
+                if j["arm"] == arm and j["k"] == k and j["length"] == t
+            ]
+            steps, mean, low, high = sweep._band(series)
+            if steps:
+                ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(series)})")
+                ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.15, linewidth=0)
+        ax.set_title(f"{t} steps (T={8 * t}), K={k}", fontsize="medium")
+        ax.set(xlabel="optimizer step", ylabel="greedy test accuracy")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5) or 1)
+    fig.savefig(path, dpi=100)
+
+
+def plot_steps(
+    rows: list[dict[str, Any]], jobs: list[dict[str, Any]], threshold: float, path: Path
+) -> None:
+    """Steps to the threshold against K, one panel per chain length; mean and 95% interval."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lengths = sorted({r["chain_length"] for r in rows})
+    fig = Figure(figsize=(5 * max(len(lengths), 1), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(lengths), 1), squeeze=False)[0]
+    arms = sorted({r["arm"] for r in rows})
+    for ax, t in zip(axes, lengths, strict=False):
+        for i, arm in enumerate(arms):
+            xs, ys, errs = [], [], []
+            for k in sorted({r["K"] for r in rows}):
+                steps = [
+                    float(r[0])
+                    for j in jobs
+                    if j["arm"] == arm
+                    and j["k"] == k
+                    and j["length"] == t
+                    and (r := _reach(j["record"], threshold)) is not None
+                ]
+                d = sweep.describe(steps)
+                if d["mean"] is None:
+                    continue
+                xs.append(k * (1 + 0.03 * (i - len(arms) / 2)))  # spread arms apart
+                ys.append(d["mean"])
+                errs.append(0.0 if d["std"] is None else d["ci95_high"] - d["mean"])
+            if xs:
+                ax.errorbar(xs, ys, yerr=errs, color=f"C{i}", marker="o", capsize=3, label=arm)
+        ax.set_xscale("log", base=2)
+        ax.set(
+            xlabel="K (minibatches per rollout)",
+            ylabel=f"steps to test accuracy {threshold:g}",
+            title=f"{t} steps per problem (T={8 * t})",
+        )
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5) or 1)
+    fig.savefig(path, dpi=100)
+
+
+def report(root: Path, threshold: float, img_dir: Path | None = None) -> str:
+    """Write report.md and cells.csv under root (plots in img_dir, default root); return it."""
+    img_dir = img_dir or root
+    grid, runs = _load(root / "lr_grid"), _load(root / "runs")
+    lines = [f"# Chain study report ({len(grid)} grid jobs, {len(runs)} study jobs finished)", ""]
+    if grid:
+        table, chosen = lr_table(grid)
+        lines += [
+            "## Learning rate (validation split, mean of the last two evaluations)",
+            "",
+            *table,
+            "",
+        ]
+        lines.append("Chosen: " + ", ".join(f"{a} {lr}" for a, lr in chosen.items()))
+        lines.append("")
+    if runs:
+        rows = cell_rows(runs, threshold)
+        lines += [
+            f"## Cells (test split; mean [95% t interval] over seeds; threshold {threshold:g})",
+            "",
+            *_markdown(rows, threshold),
+            "",
+        ]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (root / "cells.csv").write_text(buf.getvalue(), encoding="utf-8")
+        img_dir.mkdir(parents=True, exist_ok=True)
+        plot_curves(runs, img_dir / "chain_study_curves.png")
+        plot_steps(rows, runs, threshold, img_dir / "chain_study_steps.png")
+    text = "\n".join(lines)
+    (root / "report.md").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="tic-grpo analyze chain-study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the study's results dir")
+    p.add_argument("--threshold", type=float, default=0.6, help="test accuracy to reach")
+    p.add_argument("--img-dir", type=Path, default=None, help="where the plots go (default --dir)")
+    args = p.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"error: no results dir {args.dir}; run the study's sweeps first (docs/RESULTS.md)")
+        return 2
+    print(report(args.dir, args.threshold, args.img_dir))
+    return 0
