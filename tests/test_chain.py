@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from tic_grpo_cli import diagnostics, study
-from tic_grpo_cli.config import ConfigError, register_configs, validate_train
+from tic_grpo_cli.config import ConfigError, register_configs
 from tic_grpo_cli.data import build_task, chain
+from tic_grpo_cli.validation import validate_train
 
 
 def compose_train(*overrides: str):
@@ -75,7 +76,9 @@ def test_chain_long_preset_and_bad_splits():
     cfg = compose_train("dataset=chain_long", "model=tiny_chain")
     assert (cfg.dataset.chain_length, cfg.dataset.max_completion_length) == (8, 64)
     validate_train(cfg)
-    with pytest.raises(ConfigError, match=r"dataset.test_split: got 'validation'; allowed: test"):
+    with pytest.raises(
+        ConfigError, match=r"dataset.test_split: got 'validation' \(allowed: test\)"
+    ):
         validate_train(compose_train("dataset=arithmetic", "dataset.test_split=validation"))
     with pytest.raises(ConfigError, match=r"dataset.chain_length: must be >= 1"):
         validate_train(compose_train("dataset=chain", "dataset.chain_length=0"))
@@ -132,6 +135,8 @@ def metric_rows():
 
 
 def test_study_record_by_hand(tmp_path):
+    resumed = [*metric_rows(), {"step": 4, "eval/accuracy": 0.5}]  # resume repeats an eval
+    assert study.compact(resumed)["eval"] == study.compact(metric_rows())["eval"]
     record = study.compact(metric_rows())
     assert record["eval"] == [[0, 0.3, 0.0], [2, 0.4, 1.5], [4, 0.5, 4.0]]
     assert record["reward"] == [[1, 0.25], [3, 0.5]]
@@ -185,13 +190,13 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert len(records) == 2
     first = json.loads(records[0].read_text())
     assert first["job"]["K"] == 2 and first["job"]["chain_length"] == 4
-    assert [row[0] for row in first["eval"]] == [0, 1, 2]
+    assert [row[0] for row in first["eval"]] == [0, 2]  # evaluations come at rollout ends
     assert set(first["diag_by_k"]) == {"1", "2"}
     stamps = [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")]
     assert main(args) == 0  # everything finished: nothing runs again
     assert [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")] == stamps
 
-    text = chain_study.report(tmp_path, threshold=0.0)
+    text = chain_study.report(tmp_path, {4: 0.0})
     assert "| 4 | 2 | grpo | 1 |" in text and "| 4 | 2 | traj_is_nolow | 1 |" in text
     rows = (tmp_path / "cells.csv").read_text().splitlines()
     assert len(rows) == 3

@@ -18,8 +18,24 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("algorithm", "model", "dataset", "hardware", "experiment")
 EXPECTED = {
     "algorithm": {"grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo"},
-    "model": {"tiny", "smollm2_135m", "qwen2_5_0_5b_instruct", "qwen3_1_7b", "qwen3_8b"},
-    "dataset": {"arithmetic", "countdown", "gsm8k", "math500", "dapo_math", "jsonl"},
+    "model": {
+        "tiny",
+        "tiny_chain",
+        "smollm2_135m",
+        "qwen2_5_0_5b_instruct",
+        "qwen3_1_7b",
+        "qwen3_8b",
+    },
+    "dataset": {
+        "arithmetic",
+        "countdown",
+        "chain",
+        "chain_long",
+        "gsm8k",
+        "math500",
+        "dapo_math",
+        "jsonl",
+    },
     "hardware": {"cpu", "gpu", "ddp", "fsdp", "slurm"},
 }
 

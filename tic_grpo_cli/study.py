@@ -68,6 +68,8 @@ def compact(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for key in DIAG_KEYS:
             if key in row:
                 by_k.setdefault(k, {}).setdefault(key, []).append(row[key])
+    # A resumed run evaluates its checkpoint's step again: keep the last row of each step.
+    evals = list({step: [step, acc, t] for step, acc, t in evals}.values())
     diag = {
         str(k): {key: statistics.fmean(vals) for key, vals in keys.items()}
         for k, keys in sorted(by_k.items())
