@@ -69,7 +69,8 @@ def written_values(group: str, option: str) -> dict[str, object]:
             if isinstance(value, dict):
                 walk(value, f"{dotted}{key}.")
             elif key != "defaults" and not (isinstance(value, str) and "${" in value):
-                values[f"{dotted}{key}"] = value
+                # A sweep axis is named by its dotted key (trainer.lr): quote it for select.
+                values[f"{dotted}{key}" if "." not in key else f"{dotted[:-1]}[{key}]"] = value
 
     walk(written, prefix)
     return values
