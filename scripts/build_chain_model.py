@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from build_tiny_model import Arch, build_model, build_tokenizer, encode, save
+from build_tiny_model import Arch, build_model, build_tokenizer, save, sft_steps
 
 from tic_grpo_cli.data.chain import ChainProblem, generate, max_completion_tokens
 from tic_grpo_cli.rollout import generate as rollout_generate
@@ -93,20 +93,7 @@ def warm_up(
     model, tokenizer, train: list[ChainProblem], val: list[ChainProblem], args: argparse.Namespace
 ) -> tuple[int, float | None]:
     """Supervised steps until the validation target; returns (step, validation accuracy)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
-    order = torch.Generator().manual_seed(args.seed)
-    perm, cursor = torch.randperm(len(train), generator=order), 0
-    for step in range(1, args.max_steps + 1):
-        if cursor + args.batch_size > len(train):
-            perm, cursor = torch.randperm(len(train), generator=order), 0
-        batch = [train[i] for i in perm[cursor : cursor + args.batch_size].tolist()]
-        cursor += args.batch_size
-        ids, mask, labels = encode(tokenizer, batch)
-        model.train()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for step, loss in sft_steps(model, tokenizer, train, args):
         if step % args.eval_every:
             continue
         val_acc = greedy(model, tokenizer, val)

@@ -173,15 +173,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_until(model, tokenizer, train, val, targets, args, started: float) -> tuple[dict, int]:
-    """Warm up until validation accuracy reaches every target; snapshot the first eval at each.
-
-    Returns ``{target: {"step", "val", "seconds", "state"}}`` and the last step run. A target
-    never reached is missing from the dict.
-    """
+def sft_steps(model, tokenizer, train: list, args: argparse.Namespace):
+    """Supervised warm-up on shuffled batches of ``train`` (reshuffled each epoch from
+    ``args.seed``): yields ``(step, loss)`` after each AdamW step, up to ``args.max_steps``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
     order = torch.Generator().manual_seed(args.seed)
-    snapshots: dict[float, dict] = {}
     perm, cursor = torch.randperm(len(train), generator=order), 0
     for step in range(1, args.max_steps + 1):
         if cursor + args.batch_size > len(train):
@@ -194,6 +190,17 @@ def train_until(model, tokenizer, train, val, targets, args, started: float) -> 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        yield step, loss
+
+
+def train_until(model, tokenizer, train, val, targets, args, started: float) -> tuple[dict, int]:
+    """Warm up until validation accuracy reaches every target; snapshot the first eval at each.
+
+    Returns ``{target: {"step", "val", "seconds", "state"}}`` and the last step run. A target
+    never reached is missing from the dict.
+    """
+    snapshots: dict[float, dict] = {}
+    for step, loss in sft_steps(model, tokenizer, train, args):
         if step % args.eval_every and step != args.max_steps:
             continue
         val_acc = accuracy(model, tokenizer, val)

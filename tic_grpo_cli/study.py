@@ -27,6 +27,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from tic_grpo_cli.observe import read_jsonl
+
 log = logging.getLogger("tic_grpo")
 RECORD = "study.json"
 DIAG_KEYS = (
@@ -36,18 +38,6 @@ DIAG_KEYS = (
     "ratio_diag/kl_old",
     "clip_fraction",
 )
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a killed job may leave half a line
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
 
 
 def compact(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -99,7 +89,7 @@ def record(run_dir: Path) -> Path | None:
     metrics, config = run_dir / "metrics.jsonl", run_dir / ".hydra" / "config.yaml"
     if not (run_dir / "summary.json").is_file() or not metrics.is_file():
         return None
-    data = compact(_rows(metrics))
+    data = compact(read_jsonl(metrics))
     if config.is_file():
         data["job"] = job_facts(OmegaConf.to_container(OmegaConf.load(config), resolve=True))
     out = run_dir / RECORD

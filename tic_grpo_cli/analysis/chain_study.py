@@ -184,7 +184,7 @@ def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
     arms = sorted({j["arm"] for j in jobs})
     cols = max(len({k for _, k in panels}), 1)
     rows_n = max(len({t for t, _ in panels}), 1)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows_n + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(4.2 * cols, 8.0), 3.4 * rows_n + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows_n, cols, squeeze=False)
     lengths, ks = sorted({t for t, _ in panels}), sorted({k for _, k in panels})
@@ -204,7 +204,7 @@ def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
         ax.set(xlabel="optimizer step", ylabel="greedy test accuracy")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5) or 1)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1)
     fig.savefig(path, dpi=100)
 
 
@@ -216,7 +216,7 @@ def plot_steps(
     from matplotlib.figure import Figure
 
     lengths = sorted({r["chain_length"] for r in rows})
-    fig = Figure(figsize=(5 * max(len(lengths), 1), 3.8), layout="constrained")
+    fig = Figure(figsize=(max(5 * len(lengths), 8.0), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, max(len(lengths), 1), squeeze=False)[0]
     arms = sorted({r["arm"] for r in rows})
@@ -242,6 +242,9 @@ def plot_steps(
             if xs:
                 ax.errorbar(xs, ys, yerr=errs, color=f"C{i}", marker="o", capsize=3, label=arm)
         ax.set_xscale("log", base=2)
+        ks = sorted({r["K"] for r in rows})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlim(min(ks) / 1.6, max(ks) * 1.6)
         ax.set(
             xlabel="K (minibatches per rollout)",
             ylabel=f"steps to test accuracy {threshold:g}",
@@ -249,7 +252,7 @@ def plot_steps(
         )
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5) or 1)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1)
     fig.savefig(path, dpi=100)
 
 
