@@ -489,3 +489,14 @@ def test_evaluation_during_training_warns_once_naming_the_trainer_key(tmp_path, 
         train(cfg, tmp_path)
     warnings = [r.message for r in caplog.records if "token limit" in r.message]
     assert len(warnings) == 1 and "raise trainer.max_completion_length" in warnings[0]
+
+
+def test_a_run_with_one_checkpoint_says_how_to_get_a_curve(tmp_path, caplog):
+    from tic_grpo_cli.eval_targets import resolve_targets
+
+    run = tmp_path / "run"
+    _save_checkpoint(run / "checkpoints" / "step_60", 60, _char_tokenizer())
+    selection = compose_eval(f"checkpoint.path={run}", "checkpoint.all=true").checkpoint
+    with caplog.at_level(logging.WARNING, logger="tic_grpo"):
+        assert [t.step for t in resolve_targets(selection, "tiny")] == [60]
+    assert "trainer.save_every" in caplog.text and "step_60" in caplog.text

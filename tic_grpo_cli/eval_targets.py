@@ -7,6 +7,7 @@ A checkpoint is just a model config whose `name_or_path` is the checkpoint dir
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tic_grpo_cli.errors import UserError
 # Any of these next to config.json means `save_pretrained` wrote a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _STEP = re.compile(r"^step_(\d+)$")
+log = logging.getLogger("tic_grpo")
 
 
 @dataclass
@@ -56,6 +58,15 @@ def resolve_targets(selection: DictConfig, model_name: str) -> list[Target]:
             raise UserError(
                 f"checkpoint.all=true expects a training run dir with checkpoints/step_N; "
                 f"found none in {path}{hint}"
+            )
+        if len(found) == 1:
+            # A run shorter than trainer.save_every keeps only its final checkpoint.
+            log.warning(
+                "checkpoint.all=true: %s holds one checkpoint (%s), so the curve has one "
+                "point; train with a smaller trainer.save_every (and trainer.keep_every) "
+                "to keep more",
+                path,
+                found[0].name,
             )
     else:
         found = [resolve_checkpoint(path)]
