@@ -112,6 +112,20 @@ def test_math_extracted_text_and_normalized_answer():
     assert (verdict.extracted, verdict.normalized) == ("\\frac{2}{4}", "1/2")
 
 
+@pytest.mark.parametrize(
+    "completion,text",
+    [
+        ("It is \u22123, so 8\u22123 = 5", "It is -3, so 8-3 = 5"),
+        ("From 3\u20135 it is \u20132", "From 3\u20135 it is -2"),  # a dash is a sign only
+        ("So 75,00 or 1,2345, not 1,000", "So \\(75,00\\) or \\(1,2345\\), not 1,000"),
+        ("$75,00$ and (1,2) and [1,5)", "$75,00$ and (1,2) and [1,5)"),  # LaTeX, tuples kept
+        ("\\boxed{\u22129\\,500}", "\\boxed{-9500}"),
+    ],
+)
+def test_math_text_gets_the_number_notation_rules(completion, text):
+    assert verify.math_answer_text(completion) == text
+
+
 def test_countdown_scorer():
     fields = {"numbers": [3, 7, 25], "target": 46}
     check(

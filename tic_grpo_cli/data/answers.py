@@ -5,8 +5,8 @@ The rules (docs/rewards.md states them for users; tests/data/reward_corpus.yaml 
 - The final answer is in the last *complete* box (``\\boxed{...}`` or ``\\fbox{...}``). An
   unfinished or empty final box means no answer: a completion cut by the length limit, or a
   model restarting, is never credited with an earlier number.
-- A number may carry a sign (``-``, or the Unicode minus U+2212 that LaTeX-to-text and
-  some tokenizers produce), currency (``$``, ``\\$``) and thousands separators, which count
+- A number may carry a sign (``-``, or the Unicode minus U+2212, figure and en dashes, small
+  and full-width hyphen-minus, that LaTeX-to-text and some tokenizers produce), currency (``$``, ``\\$``) and thousands separators, which count
   only between groups of exactly three digits: ``1,234``, ``9{,}500``, ``9\\,500``, a thin
   space; ``75,00`` is the number 75 followed by 00, not 7500. A minus right after a digit,
   letter or closing bracket is subtraction (``10-8``), not a sign.
@@ -24,10 +24,15 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_SEPARATOR = r"(?:,|\{,\}|\\[,;: ]|[\u2009\u202f])"
+# Characters written for a minus sign besides "-": U+2212 minus, U+2012 figure dash, U+2013 en
+# dash, U+FE63 small and U+FF0D full-width hyphen-minus (the em dash is punctuation).
+MINUS_SIGNS = "\u2212\u2012\u2013\ufe63\uff0d"
+# Thousands separators besides the comma: LaTeX `{,}` and spaces, thin spaces.
+SPACE_SEPARATOR = r"(?:\{,\}|\\[,;: ]|[\u2009\u202f])"
+_SEPARATOR = rf"(?:,|{SPACE_SEPARATOR})"
 # Digits are not part of a number when glued to a letter, digit or dot before them.
 _NUMBER = re.compile(
-    r"(?:(?<![\w)\]}.])(?P<sign>[-+\u2212]))?"
+    rf"(?:(?<![\w)\]}}.])(?P<sign>[-+{MINUS_SIGNS}]))?"
     r"(?:\\?\$\s*)?"
     r"(?<![\w.])"
     r"(?:\\[dt]?frac\{\s*(?P<fnum>\d+)\s*\}\{\s*(?P<fden>\d+)\s*\}"
@@ -81,7 +86,7 @@ def _value(match: re.Match[str]) -> Fraction | None:
     else:
         digits = _SEPARATORS.sub("", match["int"])
         value = Fraction(f"{digits}.{match['frac']}" if match["frac"] else digits)
-    return -value if match["sign"] in ("-", "\u2212") else value
+    return value if match["sign"] in (None, "+") else -value
 
 
 def canonical(value: Fraction) -> str:

@@ -27,7 +27,7 @@ import threading
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from tic_grpo_cli.data.answers import last_box
+from tic_grpo_cli.data.answers import MINUS_SIGNS, SPACE_SEPARATOR, last_box
 
 # Time the worker gets beyond the timeout to report a Python-level timeout itself before it is
 # killed (a kill costs a new worker: ~1 s of start-up and math-verify import).
@@ -35,8 +35,18 @@ _GRACE_S = 1.0
 _STARTUP_S = 120.0
 log = logging.getLogger("tic_grpo")
 _WORKER = "from tic_grpo_cli.data.verify import serve; serve"
-# LaTeX spacing between digit groups: math-verify reads `9\,500` as 509.
-_LATEX_GROUP_SPACE = re.compile(r"(?<=\d)(?:\\[,;: ]|[\u2009\u202f])(?=\d{3}(?!\d))")
+# Number notation math-verify misreads, rewritten first by the number scorers' rules (answers.py).
+# Separators between digit groups other than a comma: it reads `9\,500` as 509, `9{,}500` in text as 9.
+_GROUP_SPACE = re.compile(rf"(?<=\d){SPACE_SEPARATOR}(?=\d{{3}}(?!\d))")
+# Minus signs: it finds no number after `−` in text. U+2212 is a minus anywhere (`8−3`); a dash
+# only as a sign, right before a digit (`3–5` stays a range).
+_MINUS = re.compile(rf"\u2212|(?<![\w)\]}}.])[{MINUS_SIGNS}](?=[\d.\\(])")
+# In text (in LaTeX it reads them as lists) it takes a comma between digits for a decimal point
+# (`75,00` is 75.00) or cuts a number at it (`1,2345` is 1234); a comma that does not separate
+# groups of three digits separates list elements, as in a box. Runs inside brackets are tuples.
+_COMMA_RUN = re.compile(r"(?<![\w.(\[{])\d+(?:,\d+)+(?:\.\d+)?(?![\w)\]}])")
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_LATEX_SPAN = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
@@ -59,19 +69,40 @@ class _Deadline(BaseException):
     Exception do not turn it into a silent "not equal"."""
 
 
+def _number_notation(text: str) -> str:
+    """``text`` with minus signs as ``-`` and digit groups without non-comma separators."""
+    return _MINUS.sub("-", _GROUP_SPACE.sub("", text))
+
+
+def _list_commas(text: str) -> str:
+    """Plain text (no LaTeX) with each comma run that is no grouped number made a LaTeX list."""
+
+    def fix(match: re.Match[str]) -> str:
+        run = match.group()
+        return run if _GROUPED.fullmatch(run) else f"\\({run}\\)"
+
+    return _COMMA_RUN.sub(fix, text)
+
+
 def math_answer_text(completion: str) -> str | None:
     """What math-verify reads: the last box (as a box) when there is one, else the whole
-    completion; None when the last box is unfinished or empty (see answers.last_box)."""
+    completion; None when the last box is unfinished or empty (see answers.last_box).
+    Number notation is rewritten first (signs, digit groups, commas: docs/rewards.md)."""
     if _BOX.search(completion):
         box = last_box(completion)
-        return None if box is None else f"\\boxed{{{_LATEX_GROUP_SPACE.sub('', box)}}}"
-    return _LATEX_GROUP_SPACE.sub("", completion)
+        return None if box is None else f"\\boxed{{{_number_notation(box)}}}"
+    text, parts, end = _number_notation(completion), [], 0
+    for span in _LATEX_SPAN.finditer(text):
+        parts += [_list_commas(text[end : span.start()]), span.group()]
+        end = span.end()
+    return "".join([*parts, _list_commas(text[end:])])
 
 
 @functools.lru_cache(maxsize=8192)
 def _parse_gold(answer: str) -> list[Any]:
     from math_verify import parse
 
+    answer = _number_notation(answer)
     # A bare reference like `\frac{1}{2}` or `(3,\pi)` needs an anchor to be found at all.
     text = answer if ("\\boxed" in answer or "$" in answer) else f"\\boxed{{{answer}}}"
     return parse(text, parsing_timeout=None) or parse(answer, parsing_timeout=None)
