@@ -88,6 +88,23 @@ def test_resume_restores_the_saved_config_and_applies_safe_overrides(tmp_path):
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # no other run dir
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, *SHORT, f"hydra.run.dir={run}"]) == 0
+
+    def files() -> dict[str, bytes]:  # the run lock and the console log may change
+        skip = {"run.lock", "train.log"}
+        return {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in skip}
+
+    before = files()
+    assert main(["train", f"resume={run}"]) == 0
+    assert files() == before  # no second step-4 eval row, checkpoint or wall_time_s
+    assert re.search(
+        rf"run already finished at step 4 .*resume={re.escape(str(run))} trainer\.max_steps=8$",
+        (run / "train.log").read_text().strip(),
+    )
+
+
 def test_the_command_printed_on_interrupt_continues_the_run_in_place(tmp_path):
     """Ctrl-C a default-dir run, then run exactly the command it prints, from elsewhere."""
     overrides = [*SMALL, "trainer.max_steps=12", "trainer.save_every=0"]
@@ -102,13 +119,15 @@ def test_the_command_printed_on_interrupt_continues_the_run_in_place(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 2, err
+    assert proc.returncode == 130, err  # stopped by SIGINT, not a bad command (2)
+    assert "error" not in err and "Traceback" not in err
     (run,) = tmp_path.glob("outputs/train/*/*")
     stopped_at = max(steps(run))
     assert stopped_at < 12, "the run ended before the signal: nothing to resume"
     (checkpoint,) = (run / "checkpoints").glob("step_*")
     first_wall = torch.load(checkpoint / "trainer_state.pt", weights_only=True)["wall_time_s"]
     command = re.search(r"continue with: (tic-grpo train .*)$", err.strip()).group(1)
+    assert f"continue with: {command}" in (run / "train.log").read_text()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,4 +123,17 @@ def test_a_command_failing_before_training_leaves_no_run_dir(tmp_path, override,
     proc = cli("train", *TINY_RUN, *override.split(), cwd=tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and key in err and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists(), list(tmp_path.rglob("*"))
+
+
+def test_ctrl_c_while_starting_up_ends_with_one_line_and_leaves_no_run_dir(tmp_path):
+    """SIGINT as soon as the run dir exists: torch, the data and the model are still loading."""
+    proc = cli("train", *TINY_RUN, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("outputs/train/*/*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted"]
     assert not (tmp_path / "outputs").exists(), list(tmp_path.rglob("*"))

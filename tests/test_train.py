@@ -332,7 +332,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert a == b
 
 
-def test_sigint_saves_a_checkpoint_and_exits_nonzero(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    """A scheduler's SIGTERM (SIGINT: tests/test_resume.py) exits 128 + 15, as a shell
+    reports a command SIGTERM ended, not 2 (a bad command)."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(
         [
@@ -355,10 +357,11 @@ def test_sigint_saves_a_checkpoint_and_exits_nonzero(tmp_path):
         "loss" in r for r in read_jsonl(tmp_path / "metrics.jsonl")
     ):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "resume" in err and "Traceback" not in err
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("interrupted at step")
+    assert "continue with: tic-grpo train resume=" in err and "Traceback" not in err
     assert (tmp_path / "checkpoints" / "latest").is_file()
 
 

@@ -45,15 +45,28 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _stopped(message: str, code: int) -> None:
+    """A run stopped on a signal, its checkpoint saved: not an error, so no `error:` prefix
+    and exit 128 + the signal's number. The line goes into the run's train.log too (the
+    console has it on stderr), so the log says how to continue."""
+    print(message, file=sys.stderr)
+    record = log.makeRecord(log.name, logging.WARNING, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    raise SystemExit(code)
+
+
 def _guarded(fn: Callable[[], Any]) -> Any:
+    # A KeyboardInterrupt goes up to main(): one line, exit 130, from anywhere.
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return fn()
     try:
         return fn()
+    except Interrupted as err:
+        _stopped(str(err), err.exit_code)
     except UserError as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted")
 
 
 def _is_multirun() -> bool:
@@ -85,7 +98,8 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
     try:
         return run()
     except Interrupted as err:  # Ctrl-C or a scheduler's SIGTERM: stop the whole sweep
-        _fail(f"{err.where}. The sweep stops here; continue it with: {_sweep_again()}")
+        _stopped(f"{err.where}. The sweep stops here; continue it with: {_sweep_again()}",
+                 err.exit_code)  # fmt: skip
     except Exception as err:
         sweep.record_failure(run_dir, err)
         log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, run_dir)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import signal
 
 
 class UserError(Exception):
@@ -12,11 +13,14 @@ class UserError(Exception):
 
 class Interrupted(UserError):
     """A run stopped by SIGINT/SIGTERM after saving a checkpoint: a sweep stops with it.
-    `where` says where it stopped, without the command that continues a single run."""
+    `where` says where it stopped, without the command that continues a single run. Not an
+    error: the process exits 128 + the signal's number (130 for SIGINT, 143 for SIGTERM),
+    as a shell reports a command its signal ended."""
 
-    def __init__(self, message: str, where: str = ""):
+    def __init__(self, message: str, where: str = "", signum: int = signal.SIGINT):
         super().__init__(message)
         self.where = where or message
+        self.exit_code = 128 + int(signum)
 
 
 def suggest(word: str, options: list[str], n: int = 3) -> list[str]:

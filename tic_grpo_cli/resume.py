@@ -9,9 +9,11 @@ one would have (tests/test_train.py kills a run and compares).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,6 +179,30 @@ def load(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict[str, Any] | 
     for key, (old, new) in check_compatible(saved, cfg, source).items():
         log.info("resume: %s changed from %r to %r", key, old, new)
     return source, saved
+
+
+def finished_summary(
+    saved: dict[str, Any] | None, source: Path | None, max_steps: int
+) -> dict[str, Any] | None:
+    """The summary.json of the run `source` is a checkpoint of, when that run already
+    finished at the checkpoint's step and `max_steps` asks for no more; logs one line saying
+    so. None otherwise (a fresh run, more steps to take, or a run stopped at its last step
+    before its final evaluation: resuming completes those)."""
+    if saved is None or source is None or saved["step"] < max_steps:
+        return None
+    run = source.parent.parent
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    if summary.get("steps") != saved["step"]:
+        return None
+    log.info(
+        "run already finished at step %d (summary.json written); nothing to do. To continue "
+        "it, raise trainer.max_steps: tic-grpo train resume=%s trainer.max_steps=%d",
+        saved["step"], shlex.quote(str(run.absolute())), 2 * saved["step"],
+    )  # fmt: skip
+    return summary
 
 
 def restore(

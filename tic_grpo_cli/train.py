@@ -316,6 +316,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.model, hw, device)
     source, saved = resume.load(cfg, run_dir)
+    finished = resume.finished_summary(saved, source, tr.max_steps)
+    if finished is not None:  # resuming a finished run would redo its last eval and save
+        return finished
     # Data built with the tokenizer alone (for chat templates): its errors precede the model load.
     tokenizer = load_tokenizer(policy_model_config(cfg, source))
     task = build_task(cfg.dataset, tokenizer)
@@ -382,7 +385,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         where = f"interrupted at step {state.step}, checkpoint {path}"
         # The run's overrides are in the checkpoint: this command alone continues it in place.
         command = f"tic-grpo train resume={shlex.quote(str(run_dir))}"
-        raise Interrupted(f"{where}; continue with: {command}", where)
+        # A rank the signal did not reach stops as the scheduler's SIGTERM would have it.
+        signum = stop.signal or signal.SIGTERM
+        raise Interrupted(f"{where}; continue with: {command}", where, signum)
     final_eval = state.last_eval
     if tr.eval_every > 0 or math.isnan(final_eval):
         final_eval = evaluate(state)
