@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,3 +150,29 @@ def test_a_real_terminal_shows_the_bar(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:]
     assert "step" in out.stdout and "/8" in out.stdout and "ETA" in out.stdout
     assert "progress: step" not in out.stdout  # the heartbeat line is for logs, not terminals
+
+
+@pytest.mark.parametrize(
+    "width,shown,dropped",
+    [
+        (200, ["reward 0.258", "eval acc 0.334", "tok/s 1352", "elapsed"], []),
+        (80, ["reward 0.258", "eval acc 0.334"], ["tok/s", "elapsed"]),
+        (40, [], ["reward", "eval acc", "tok/s", "elapsed"]),
+    ],
+)
+def test_a_narrow_terminal_keeps_step_bar_and_eta(monkeypatch, width, shown, dropped):
+    """At 80 columns the bar used to end `step  9… ━━╸ reward 0.258 | ... | ETA 0:0…`."""
+    term = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
+    monkeypatch.setattr(observe, "console", lambda: term)
+    with TrainProgress(60, live=True) as bar:
+        bar.update(9, reward=0.258, eval_accuracy=0.334, tokens_per_s=1352)
+        drawn = Console(file=io.StringIO(), width=width, color_system=None)
+        drawn.print(bar._bar.get_renderable())
+    (line,) = drawn.file.getvalue().splitlines()
+    assert len(line) < width and "…" not in line, line
+    assert re.match(r"step  9/60 ━[━╸ ]{10}", line), line  # a bar of >= 10 columns
+    assert re.search(r"\| ETA (-:--:--|\d:\d\d:\d\d)$", line), line
+    for piece in shown:
+        assert piece in line, line
+    for piece in dropped:
+        assert piece not in line, line

@@ -24,6 +24,11 @@ from typing import Any
 log = logging.getLogger("tic_grpo")
 
 HEARTBEAT_S = 30.0
+# The bar's optional fields, most useful first, with their widest text ("eval acc 0.334");
+# a narrow terminal drops them from the end, then the elapsed time, never step i/N or ETA.
+FIELD_WIDTHS = {"reward": 12, "eval_acc": 14, "tok/s": 12}
+ELAPSED_WIDTH = len(" | elapsed 0:00:00")  # two columns and their spaces
+MIN_BAR = 10
 
 
 def format_duration(seconds: float | None) -> str:
@@ -72,6 +77,7 @@ class TrainProgress:
         self._timer: threading.Thread | None = None
         self._bar: Any = None
         self._task: Any = None
+        self._shown = list(FIELD_WIDTHS)  # the fields the bar has room for (_fit)
 
     # ------------------------------------------------------------------ figures
 
@@ -150,11 +156,29 @@ class TrainProgress:
 
     # ------------------------------------------------------------------ the rich bar
 
+    def _fit(self, width: int) -> tuple[int, bool]:
+        """Lay the bar out in `width` columns: step i/N, a bar of MIN_BAR to 40 columns and
+        the ETA always; the fields of FIELD_WIDTHS while they fit, then the elapsed time.
+        Sets the fields shown; returns (bar width, whether the elapsed time is shown)."""
+        # "step", "i/N", "| ETA", "0:00:00" and the spaces between the six columns.
+        # One column spare: a line as wide as the terminal wraps in some terminals.
+        room = width - 1 - (4 + 2 * len(str(self.total)) + 1 + 5 + 7 + 6) - MIN_BAR
+        self._shown = []
+        for key, needed in FIELD_WIDTHS.items():
+            needed += 3 if self._shown else 0  # " | " between fields
+            if needed > room:
+                break
+            self._shown.append(key)
+            room -= needed
+        elapsed = room >= ELAPSED_WIDTH
+        room -= ELAPSED_WIDTH if elapsed else 0
+        return MIN_BAR + min(max(room, 0), 40 - MIN_BAR), elapsed
+
     def _facts_text(self) -> str:
         labels = {"reward": "reward", "eval_acc": "eval acc", "tok/s": "tok/s"}
         parts = []
         for key, value in self.facts.items():
-            if value is not None:
+            if value is not None and key in self._shown:
                 shown = f"{value:.0f}" if key == "tok/s" else f"{value:.3f}"
                 parts.append(f"{labels[key]} {shown}")
         return " | ".join(parts)
@@ -171,16 +195,18 @@ class TrainProgress:
 
         from tic_grpo_cli.observe import console
 
+        term = console()
+        bar_width, with_elapsed = self._fit(term.width)
+        elapsed = [TextColumn("| elapsed"), TimeElapsedColumn()] if with_elapsed else []
         self._bar = Progress(
             TextColumn("step"),
             MofNCompleteColumn(),
-            BarColumn(),
+            BarColumn(bar_width=bar_width),
             TextColumn("{task.fields[facts]}"),
-            TextColumn("| elapsed"),
-            TimeElapsedColumn(),
+            *elapsed,
             TextColumn("| ETA"),
             TimeRemainingColumn(),
-            console=console(),
+            console=term,
             transient=True,
             # A step takes seconds: redraw slowly, it costs the trainer nothing.
             refresh_per_second=2,
