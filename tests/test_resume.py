@@ -94,7 +94,9 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path):
 
     def files() -> dict[str, bytes]:  # the run lock and the console log may change
         skip = {"run.lock", "train.log"}
-        return {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in skip}
+        return {
+            str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in skip
+        }
 
     before = files()
     assert main(["train", f"resume={run}"]) == 0
