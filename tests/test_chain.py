@@ -202,3 +202,24 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert len(rows) == 3
     for name in ("chain_study_curves.png", "chain_study_steps.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learning_rate_choice_by_hand():
+    from tic_grpo_cli.analysis.chain_study import lr_table
+
+    def job(arm, lr, accs):
+        return {
+            "arm": arm,
+            "lr": lr,
+            "record": {"eval": [[8 * i, a, 0.0] for i, a in enumerate(accs)]},
+        }
+
+    jobs = [
+        job("tic", "5e-05", [0.4, 0.6, 0.7]),  # mean of the last two: 0.65
+        job("tic", "0.0001", [0.4, 0.7, 0.6]),  # 0.65 too: the tie goes to the smaller rate
+        job("grpo", "5e-05", [0.4, 0.8, 0.7]),  # 0.75
+        job("grpo", "0.0001", [0.4, 0.8, 0.9]),  # 0.85
+    ]
+    lines, chosen = lr_table(jobs)
+    assert chosen == {"grpo": "0.0001", "tic": "5e-05"}
+    assert "| tic | 5e-05: 0.650 (1), 0.0001: 0.650 (1) | 5e-05 |" in lines

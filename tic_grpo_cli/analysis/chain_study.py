@@ -104,7 +104,7 @@ def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     for job in jobs:
         by_arm.setdefault(job["arm"], {}).setdefault(job["lr"], []).append(_final(job["record"]))
     lines = [
-        "| arm | " + " | ".join(["lr: validation accuracy (runs)"]) + " | chosen |",
+        "| arm | lr: validation accuracy (runs) | chosen |",
         "|---|---|---|",
     ]
     chosen = {}
@@ -301,7 +301,7 @@ def _thresholds(text: str) -> dict[int, float]:
         return {int(length): float(value) for length, value in pairs}
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected chain_length=accuracy pairs, e.g. 4=0.7,8=0.3"
+            f"got {text!r}; expected chain_length=accuracy pairs, e.g. 4=0.7,8=0.25"
         ) from None
 
 
