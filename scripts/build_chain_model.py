@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 from build_tiny_model import Arch, build_model, build_tokenizer, save, sft_steps
+from build_tiny_model import correct as tiny_correct
 
 from tic_grpo_cli.data.chain import ChainProblem, generate, max_completion_tokens
 from tic_grpo_cli.rollout import generate as rollout_generate
@@ -34,22 +35,8 @@ def correct(
     model, tokenizer, problems: list[ChainProblem], temperature: float = 0.0, samples: int = 1
 ) -> torch.Tensor:
     """[problems, samples] bool: the completion is the whole worked chain, then EOS."""
-    prompts = [p.question for p in problems for _ in range(samples)]
-    answers = [p.answer for p in problems for _ in range(samples)]
     max_new = max_completion_tokens(len(problems[0].steps))
-    gen = rollout_generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new,
-        temperature=temperature,
-        generator=torch.Generator().manual_seed(0),
-    )
-    flags = [
-        done and text == answer
-        for text, answer, done in zip(gen.texts, answers, gen.finished.tolist(), strict=True)
-    ]
-    return torch.tensor(flags).view(len(problems), samples)
+    return tiny_correct(model, tokenizer, problems, temperature, samples, max_new)
 
 
 def greedy(model, tokenizer, problems: list[ChainProblem]) -> float:

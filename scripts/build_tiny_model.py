@@ -108,7 +108,12 @@ def encode(tokenizer, problems: list[Problem]) -> tuple[torch.Tensor, ...]:
 
 
 def correct(
-    model, tokenizer, problems: list[Problem], temperature: float = 0.0, samples: int = 1
+    model,
+    tokenizer,
+    problems: list[Problem],
+    temperature: float = 0.0,
+    samples: int = 1,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> torch.Tensor:
     """[problems, samples] bool: the completion is the exact answer, then EOS.
 
@@ -119,7 +124,7 @@ def correct(
     answers = [p.answer for p in problems for _ in range(samples)]
     generator = torch.Generator().manual_seed(0)
     gen = rollout_generate(
-        model, tokenizer, prompts, MAX_NEW_TOKENS, temperature=temperature, generator=generator
+        model, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator
     )
     flags = [
         done and text == answer
