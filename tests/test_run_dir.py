@@ -36,10 +36,17 @@ time.sleep(120)
 """
 
 
+def default_sigint() -> None:
+    """Give a child SIGINT's default disposition, as a user's terminal does: a suite started
+    in the background (CI, `cmd &`) inherits SIGINT ignored, and Python then keeps it
+    ignored, so Ctrl-C during start-up would not reach the program at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tic_grpo_cli", *args], cwd=cwd, env=ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
 
 
