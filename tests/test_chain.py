@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -196,10 +197,22 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert main(args) == 0  # everything finished: nothing runs again
     assert [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")] == stamps
 
+    # The supplement: the grpo job again, as if run at another learning rate.
+    grpo_job = next(p.parent for p in records if "+arm=grpo," in p.parent.name)
+    other = tmp_path / "supplement" / grpo_job.name
+    shutil.copytree(grpo_job, other)
+    record = json.loads((other / "study.json").read_text())
+    record["job"]["lr"] = 3e-4
+    (other / "study.json").write_text(json.dumps(record))
+
     text = chain_study.report(tmp_path, {4: 0.0})
-    assert "| 4 | 2 | grpo | 1 |" in text and "| 4 | 2 | traj_is_nolow | 1 |" in text
+    study_part, supplement_part = text.split("## Supplement")
+    assert "| 4 | 2 | grpo (1e-4) | 1 |" in study_part
+    assert "| 4 | 2 | traj_is_nolow (1e-4) | 1 |" in study_part
+    assert "3e-4" not in study_part and "| 4 | 2 | grpo (3e-4) | 1 |" in supplement_part
+    assert "| T (steps) | K | traj_is_nolow − grpo |" in study_part  # one seed: no interval
     rows = (tmp_path / "cells.csv").read_text().splitlines()
-    assert len(rows) == 3
+    assert len(rows) == 4 and rows[-1].startswith("supplement,4,2,grpo,3e-4,1,")
     for name in ("chain_study_curves.png", "chain_study_steps.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -223,3 +236,19 @@ def test_learning_rate_choice_by_hand():
     lines, chosen = lr_table(jobs)
     assert chosen == {"grpo": "0.0001", "tic": "5e-05"}
     assert "| tic | 5e-05: 0.650 (1), 0.0001: 0.650 (1) | 5e-05 |" in lines
+
+
+def test_paired_difference_by_hand():
+    from tic_grpo_cli.analysis.chain_study import paired_rows
+
+    def job(arm, seed, final):
+        evals = [[0, 0.4, 0.0], [8, final, 1.0], [16, final, 2.0]]  # mean of last two = final
+        return {"arm": arm, "seed": seed, "length": 4, "k": 8, "record": {"eval": evals}}
+
+    jobs = [job("grpo", s, 0.50 + 0.1 * s) for s in range(3)]
+    # tic - grpo = +2, +4, +6 points: mean 4, sd 2, t(0.975, 2) = 4.303, half = 4.303 * 2 / √3
+    jobs += [job("tic", s, 0.50 + 0.1 * s + d) for s, d in enumerate((0.02, 0.04, 0.06))]
+    jobs += [job("traj_is", 0, 0.9), job("traj_is", 7, 0.9)]  # seed 7 has no grpo pair: n = 1
+    lines = paired_rows(jobs)
+    assert lines[0] == "| T (steps) | K | tic − grpo | traj_is − grpo |"
+    assert lines[2] == "| 4 | 8 | +4.0 [-1.0, +9.0] (n=3) | - |"

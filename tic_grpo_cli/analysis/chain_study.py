@@ -5,7 +5,9 @@
 Reads the job dirs the study's two sweeps leave (docs/RESULTS.md, "The chain study"):
 ``<dir>/lr_grid`` (experiment=chain_lr_grid: each arm at each learning rate, scored on the
 validation split) and ``<dir>/runs`` (experiment=chain_study: every arm x K x chain length x
-seed at the arm's chosen rate, scored on the test split). Each finished job has
+seed at the arm's chosen rate, scored on the test split), and ``<dir>/supplement`` if there
+is one (an arm at another rate: the same sweep with ``trainer.lr=...`` and
+``hydra.sweep.dir=<dir>/supplement``, reported in a table of its own). Each finished job has
 .hydra/overrides.yaml, summary.json and study.json (`tic_grpo_cli.study`). Writes
 ``<dir>/report.md``, ``<dir>/cells.csv`` and two plots, and prints the report. Whatever has
 finished is reported; a cell with fewer seeds than planned says so.
@@ -27,6 +29,9 @@ from tic_grpo_cli.sweep_report import _band
 from tic_grpo_cli.sweep_stats import describe
 
 DEFAULT_DIR = Path("docs/results/chain_study")
+# Under DEFAULT_DIR: the study's jobs, and jobs of an arm at a rate other than its chosen one
+# (a check on the learning-rate choice, reported in a table of its own).
+SUBDIRS = {"study": "runs", "supplement": "supplement"}
 # Test accuracy whose first crossing times a run, per chain length: well above the start
 # (43% and 14%) and below where the arms level off within the study's 64 steps.
 THRESHOLDS = {4: 0.7, 8: 0.25}
@@ -46,6 +51,12 @@ def arm_name(job: dict[str, Any]) -> str:
     return "traj_is_nolow" if nolow else job["algorithm"]
 
 
+def lr_text(lr: float) -> str:
+    """A learning rate as people write it: 5e-05 -> '5e-5', 0.0001 -> '1e-4', 0.001 -> '1e-3'."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
     """Finished jobs with a study record: arm, lr, K, chain length, seed and the record."""
     if not sweep_dir.is_dir():
@@ -62,7 +73,7 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
         out.append(
             {
                 "arm": arm_name(facts),
-                "lr": f"{facts['lr']:g}",
+                "lr": lr_text(facts["lr"]),
                 "k": facts["K"],
                 "length": facts["chain_length"],
                 "seed": int(job.seed),
@@ -119,19 +130,21 @@ def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
 
 
 def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[dict[str, Any]]:
-    """One row per (chain length, K, arm): finals, threshold times and last-step diagnostics."""
-    cells: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    """One row per (chain length, K, arm, lr): finals, threshold times and last-step
+    diagnostics. An arm run at two rates (the supplement) gives two rows."""
+    cells: dict[tuple[int, int, str, str], list[dict[str, Any]]] = {}
     for job in jobs:
-        key = (job["length"], job["k"], job["arm"])
+        key = (job["length"], job["k"], job["arm"], job["lr"])
         cells.setdefault(key, []).append(job)
     rows = []
-    for (length, k, arm), group in sorted(cells.items()):
+    for (length, k, arm, lr), group in sorted(cells.items()):
         threshold = thresholds.get(length, 0.5)
         reached = [r for j in group if (r := _reach(j["record"], threshold)) is not None]
         row: dict[str, Any] = {
             "chain_length": length,
             "K": k,
             "arm": arm,
+            "lr": lr,
             "seeds": len(group),
             "threshold": threshold,
             "final_acc": _fmt([_final(j["record"]) for j in group]),
@@ -148,11 +161,44 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
     return rows
 
 
+def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
+    """Markdown rows: each arm minus `base` in final test accuracy, paired by seed.
+
+    A seed fixes the model's start, the order of training prompts and which 200 test
+    problems are scored, so the difference within a seed removes the share of the spread
+    that all arms have in common. Per (chain length, K, arm): mean difference in points and
+    its 95% t interval over the seeds both arms finished; "-" where fewer than two seeds pair.
+    """
+    final = {(j["length"], j["k"], j["arm"], j["seed"]): _final(j["record"]) for j in jobs}
+    cells = sorted({(t, k) for t, k, _, _ in final})
+    arms = sorted({a for _, _, a, _ in final} - {base})
+    lines = [
+        "| T (steps) | K | " + " | ".join(f"{a} − {base}" for a in arms) + " |",
+        "|" + "---|" * (2 + len(arms)),
+    ]
+    for t, k in cells:
+        out = []
+        for arm in arms:
+            diffs = [
+                100 * (final[(t, k, arm, seed)] - final[(t, k, base, seed)])
+                for (t2, k2, a, seed) in final
+                if (t2, k2, a) == (t, k, arm) and (t, k, base, seed) in final
+            ]
+            d = describe(diffs)
+            if d["std"] is None:
+                out.append("-")
+            else:
+                lo, hi = d["ci95_low"], d["ci95_high"]
+                out.append(f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] (n={len(diffs)})")
+        lines.append(f"| {t} | {k} | " + " | ".join(out) + " |")
+    return lines
+
+
 def _markdown(rows: list[dict[str, Any]]) -> list[str]:
     heads = [
         "T (steps)",
         "K",
-        "arm",
+        "arm (lr)",
         "seeds",
         "final test acc",
         "steps to threshold",
@@ -164,7 +210,7 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         cells = [
             str(r["chain_length"]),
             str(r["K"]),
-            r["arm"],
+            f"{r['arm']} ({r['lr']})",
             str(r["seeds"]),
             r["final_acc"],
             f"{r['steps_to_threshold']} ({r['reached']} reached {r['threshold']:g})",
@@ -261,7 +307,9 @@ def report(
 ) -> str:
     """Write report.md and cells.csv under root (plots in img_dir, default root); return it."""
     img_dir = img_dir or root
-    grid, runs = _load(root / "lr_grid"), _load(root / "runs")
+    thresholds = {**THRESHOLDS, **(thresholds or {})}
+    grid, runs = _load(root / "lr_grid"), _load(root / SUBDIRS["study"])
+    supplement = _load(root / SUBDIRS["supplement"])
     lines = [f"# Chain study report ({len(grid)} grid jobs, {len(runs)} study jobs finished)", ""]
     if grid:
         table, chosen = lr_table(grid)
@@ -273,20 +321,33 @@ def report(
         ]
         lines.append("Chosen: " + ", ".join(f"{a} {lr}" for a, lr in chosen.items()))
         lines.append("")
-    if runs:
-        thresholds = {**THRESHOLDS, **(thresholds or {})}
-        rows = cell_rows(runs, thresholds)
+    rows = [{"set": "study", **r} for r in cell_rows(runs, thresholds)]
+    extra = [{"set": "supplement", **r} for r in cell_rows(supplement, thresholds)]
+    if rows:
         lines += [
             "## Cells (test split; mean [95% t interval] over seeds)",
             "",
             *_markdown(rows),
             "",
+            "## Final test accuracy against GRPO, paired by seed (points)",
+            "",
+            *paired_rows(runs),
+            "",
         ]
+    if extra:
+        lines += [
+            f"## Supplement: arms at another learning rate ({len(supplement)} jobs, test split)",
+            "",
+            *_markdown(extra),
+            "",
+        ]
+    if rows or extra:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=list((rows or extra)[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(rows + extra)
         (root / "cells.csv").write_text(buf.getvalue(), encoding="utf-8")
+    if runs:
         img_dir.mkdir(parents=True, exist_ok=True)
         plot_curves(runs, img_dir / "chain_study_curves.png")
         plot_steps(rows, runs, thresholds, img_dir / "chain_study_steps.png")
