@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_module
 
 from tic_grpo_cli import overrides
 from tic_grpo_cli.config import register_configs
@@ -68,10 +69,23 @@ def test_a_misspelt_key_is_refused_with_or_without_plus(override):
         ("algorithm.lr=1", "did you mean trainer.lr"),  # the key under another group
         ("~trainer.max_step", "did you mean trainer.max_steps?"),
         ("+extra.note=hi", "`tic-grpo train --cfg job` lists them"),  # nothing close
+        # Other trainers' names for our keys: nothing close in spelling.
+        ("trainer.num_generations=4", "did you mean trainer.group_size?"),
+        ("trainer.learning_rate=1e-6", "did you mean trainer.lr?"),
+        ("algorithm.beta=0.04", "did you mean algorithm.kl_coef?"),
+        ("actor_rollout_ref.rollout.n=4", "did you mean trainer.group_size?"),
     ],
 )
 def test_unknown_keys_name_the_closest_valid_ones(override, expected):
     assert expected in refused("train", override)
+
+
+def test_every_synonym_names_a_real_key():
+    from tic_grpo_cli.overrides import SYNONYMS
+
+    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
+        keys = overrides._all_keys(compose("train"))
+    assert sorted(set(SYNONYMS.values()) - set(keys)) == []
 
 
 def test_unknown_group_options_get_a_suggestion_and_the_list():

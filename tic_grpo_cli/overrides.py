@@ -44,11 +44,67 @@ NO_PRECHECK = {
 _FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p")
 
 
+# What a key is called in the trainers our users come from (TRL's GRPOConfig, verl's and
+# OpenRLHF's configs), by its last part: no spelling is close, so difflib alone cannot help
+# (`num_generations` would get `generation_batch_size`). Names whose meaning differs in unit
+# (TRL's per-device batch sizes count completions per GPU) are left out rather than guessed.
+SYNONYMS = {
+    "learning_rate": "trainer.lr",
+    "actor_lr": "trainer.lr",
+    "num_generations": "trainer.group_size",
+    "n_samples_per_prompt": "trainer.group_size",
+    "n": "trainer.group_size",
+    "num_iterations": "trainer.ppo_epochs",
+    "train_batch_size": "trainer.rollout_batch_size",
+    "rollout_batch_size": "trainer.rollout_batch_size",
+    "ppo_mini_batch_size": "trainer.minibatch_size",
+    "mini_batch_size": "trainer.minibatch_size",
+    "ppo_micro_batch_size_per_gpu": "trainer.micro_batch_size",
+    "micro_train_batch_size": "trainer.micro_batch_size",
+    "total_training_steps": "trainer.max_steps",
+    "max_response_length": "dataset.max_completion_length",
+    "generate_max_len": "dataset.max_completion_length",
+    "grad_clip": "trainer.max_grad_norm",
+    "lr_warmup_steps": "trainer.warmup_steps",
+    "lr_scheduler_type": "trainer.lr_schedule",
+    "save_steps": "trainer.save_every",
+    "save_freq": "trainer.save_every",
+    "eval_steps": "trainer.eval_every",
+    "test_freq": "trainer.eval_every",
+    "logging_steps": "trainer.log_every",
+    "save_total_limit": "trainer.keep_last",
+    "beta": "algorithm.kl_coef",
+    "init_kl_coef": "algorithm.kl_coef",
+    "kl_loss_coef": "algorithm.kl_coef",
+    "kl_loss_type": "algorithm.kl_estimator",
+    "epsilon": "algorithm.epsilon_low",
+    "clip_ratio": "algorithm.epsilon_low",
+    "clip_ratio_low": "algorithm.epsilon_low",
+    "eps_clip": "algorithm.epsilon_low",
+    "clip_ratio_high": "algorithm.epsilon_high",
+    "loss_type": "algorithm.aggregation",
+    "loss_agg_mode": "algorithm.aggregation",
+    "scale_rewards": "algorithm.normalize_std",
+    "reward_funcs": "dataset.reward.fns",
+    "reward_weights": "dataset.reward.weights",
+    "model_name_or_path": "model.name_or_path",
+    "pretrain": "model.name_or_path",
+    "dataset_name": "dataset.path",
+    "project_name": "wandb.project",
+    "experiment_name": "wandb.name",
+    "run_name": "wandb.name",
+    "bf16": "hardware.mixed_precision",
+}
+
+
 def suggest_key(key: str, keys: list[str], n: int = 3) -> list[str]:
-    """The closest dotted config keys to `key`: a sibling under the same parent first
-    (`trainer.max_step` -> `trainer.max_steps`), else any key with a close last part
-    (`max_steps` -> `trainer.max_steps`, `algorithm.lr` -> `trainer.lr`)."""
+    """The closest dotted config keys to `key`: what another trainer's name for it means
+    first (`trainer.num_generations` -> `trainer.group_size`, from SYNONYMS), then a sibling
+    under the same parent (`trainer.max_step` -> `trainer.max_steps`), else any key with a
+    close last part (`max_steps` -> `trainer.max_steps`, `algorithm.lr` -> `trainer.lr`)."""
     parent, _, leaf = key.rpartition(".")
+    if SYNONYMS.get(leaf) in keys:
+        return [SYNONYMS[leaf]]
     for pool in ([k for k in keys if k.rpartition(".")[0] == parent], keys):
         leaves = suggest(leaf, sorted({k.rpartition(".")[2] for k in pool}), n)
         found = [k for name in leaves for k in pool if k.rpartition(".")[2] == name]
