@@ -240,6 +240,11 @@ def reward_module(tmp_path, monkeypatch):
         def text(completions, **fields):
             return "1.0"
 
+        def fails_in_training(completions, **fields):  # evaluation scores 3, a rollout 4
+            if len(completions) == 4:
+                raise KeyError("solution")
+            return [0.0] * len(completions)
+
         not_a_function = 3
     """)
     )
@@ -384,3 +389,47 @@ def test_timed_out_verdicts_are_wrong_and_counted(monkeypatch):
     result = r(["\\boxed{1}"], [{"answer": "1"}])
     assert result.correct == [False] and result.timed_out == [True]
     assert result.terms["timed_out"] == [1.0]
+
+
+def _train_with_reward(fn: str, run_dir, cwd, wandb_mode: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "PYTHONPATH": str(cwd)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    tiny = [
+        "trainer.max_steps=2",
+        "trainer.rollout_batch_size=2",
+        "trainer.minibatch_size=1",
+        "trainer.group_size=2",
+        "trainer.eval_every=1",
+        "trainer.eval_limit=3",
+        "dataset.train_size=16",
+        "dataset.test_size=4",
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "tic_grpo_cli", "train", f"dataset.reward.fn={fn}", *tiny,
+         f"wandb.mode={wandb_mode}", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_a_reward_function_failing_mid_run_leaves_its_error_in_train_log(reward_module, tmp_path):
+    """The step-0 evaluation is written before the first rollout fails, so the run dir stays;
+    before, its train.log ended without saying why the run stopped."""
+    run_dir = tmp_path / "run"
+    out = _train_with_reward(f"{reward_module}:fails_in_training", run_dir, tmp_path, "disabled")
+    line = "error: reward function my_rewards_mod:fails_in_training failed: KeyError: 'solution'"
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(line)
+    assert (run_dir / "metrics.jsonl").is_file()
+    assert line in (run_dir / "train.log").read_text()
+
+
+def test_a_reward_function_failing_at_once_leaves_no_run_dir(reward_module, tmp_path):
+    """It fails in the step-0 evaluation, after W&B (offline, the default) made its files:
+    no results, so no run dir, as for any other input error."""
+    run_dir = tmp_path / "out" / "run"
+    out = _train_with_reward(f"{reward_module}:broken", run_dir, tmp_path, "offline")
+    assert out.returncode == 2 and "my_rewards_mod:broken failed" in out.stderr
+    assert not (tmp_path / "out").exists()

@@ -39,21 +39,29 @@ register_configs()
 register_resolvers()
 
 
+def _to_run_log(level: int, message: str) -> None:
+    """Write a line to the run's train.log only: the console has it on stderr already."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _fail(message: str) -> None:
-    """One line on stderr and exit 2: bad input is not a crash."""
+    """One line on stderr and exit 2: bad input is not a crash. A run dir that stays (it
+    holds results, e.g. the step-0 evaluation before a reward function failed) gets the
+    line in its train.log too, so the log says why the run ended."""
     print(f"error: {message}", file=sys.stderr)
+    _to_run_log(logging.ERROR, f"error: {message}")
     raise SystemExit(2)
 
 
 def _stopped(message: str, code: int) -> None:
     """A run stopped on a signal, its checkpoint saved: not an error, so no `error:` prefix
-    and exit 128 + the signal's number. The line goes into the run's train.log too (the
-    console has it on stderr), so the log says how to continue."""
+    and exit 128 + the signal's number. The line goes into the run's train.log too, so the
+    log says how to continue."""
     print(message, file=sys.stderr)
-    record = log.makeRecord(log.name, logging.WARNING, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    _to_run_log(logging.WARNING, message)
     raise SystemExit(code)
 
 

@@ -40,8 +40,9 @@ LOCK_FILE = "run.lock"
 # Set for the processes a locked run starts (the ranks of hardware=ddp|fsdp): they write
 # into the dir their launcher holds.
 HELD_ENV = "TIC_GRPO_RUN_DIR_HELD"
-# What Hydra (and the guard) write before a job runs: a dir holding only these has no results.
-_BOOKKEEPING = {".hydra", LOCK_FILE}
+# What Hydra (and the guard) write before a job runs, and W&B's own files (wandb.init comes
+# before the step-0 evaluation): a dir holding only these has no results.
+_BOOKKEEPING = {".hydra", LOCK_FILE, "wandb"}
 # The run dirs this process holds. An flock belongs to an open file, so a second lock by
 # the same process would fail: a job run again in-process (a sweep continued after an
 # interrupt, cli.main called twice) takes over the lock it still holds.
