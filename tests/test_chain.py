@@ -252,3 +252,19 @@ def test_paired_difference_by_hand():
     lines = paired_rows(jobs)
     assert lines[0] == "| T (steps) | K | tic − grpo | traj_is − grpo |"
     assert lines[2] == "| 4 | 8 | +4.0 [-1.0, +9.0] (n=3) | - |"
+
+
+def test_inner_loop_table_by_hand():
+    from tic_grpo_cli.analysis.chain_study import inner_loop_rows
+
+    def job(arm, k, by_k):
+        diag = {str(i + 1): {"ratio_diag/ess": v} for i, v in enumerate(by_k)}
+        return {"arm": arm, "k": k, "length": 4, "record": {"diag_by_k": diag}}
+
+    jobs = [job("tic", 2, [1.0, 0.8]), job("tic", 2, [1.0, 0.6]), job("grpo", 4, [1, 1, 1, 1])]
+    lines = inner_loop_rows(jobs, "ratio_diag/ess", 2)  # the K = 4 job is another cell
+    assert lines == [
+        "| T (steps) | arm | k=1 | k=2 |",
+        "|---|---|---|---|",
+        "| 4 | tic | 1.000 | 0.700 |",
+    ]

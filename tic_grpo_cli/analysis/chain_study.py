@@ -25,7 +25,6 @@ from typing import Any
 
 from tic_grpo_cli import study
 from tic_grpo_cli.sweep_jobs import find_jobs
-from tic_grpo_cli.sweep_report import _band
 from tic_grpo_cli.sweep_stats import describe
 
 DEFAULT_DIR = Path("docs/results/chain_study")
@@ -90,7 +89,7 @@ def _final(record: dict[str, Any], last: int = 2) -> float:
     return sum(accs) / len(accs)
 
 
-def _reach(record: dict[str, Any], threshold: float) -> tuple[int, float] | None:
+def reach(record: dict[str, Any], threshold: float) -> tuple[int, float] | None:
     """(step, train seconds) of the first evaluation at or above the threshold."""
     for step, acc, seconds in record["eval"]:
         if acc >= threshold:
@@ -139,7 +138,7 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
     rows = []
     for (length, k, arm, lr), group in sorted(cells.items()):
         threshold = thresholds.get(length, 0.5)
-        reached = [r for j in group if (r := _reach(j["record"], threshold)) is not None]
+        reached = [r for j in group if (r := reach(j["record"], threshold)) is not None]
         row: dict[str, Any] = {
             "chain_length": length,
             "K": k,
@@ -194,6 +193,29 @@ def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
     return lines
 
 
+def inner_loop_rows(jobs: list[dict[str, Any]], key: str, k_max: int) -> list[str]:
+    """Markdown rows: diagnostic `key` at each inner step k = 1..k_max of the cells with
+    K = k_max, one row per (chain length, arm), the mean over seeds of each run's average
+    at that k: how far off-policy the policy gets as a rollout's minibatches go by."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for job in jobs:
+        if job["k"] == k_max:
+            groups.setdefault((job["length"], job["arm"]), []).append(job)
+    lines = [
+        "| T (steps) | arm | " + " | ".join(f"k={k}" for k in range(1, k_max + 1)) + " |",
+        "|" + "---|" * (2 + k_max),
+    ]
+    for (length, arm), group in sorted(groups.items()):
+        cells = []
+        for k in range(1, k_max + 1):
+            values = [
+                d[key] for j in group if key in (d := j["record"]["diag_by_k"].get(str(k), {}))
+            ]
+            cells.append(f"{sum(values) / len(values):.3f}" if values else "-")
+        lines.append(f"| {length} | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(rows: list[dict[str, Any]]) -> list[str]:
     heads = [
         "T (steps)",
@@ -219,87 +241,6 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         ]
         out.append("| " + " | ".join(cells) + " |")
     return out
-
-
-def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against step, one panel per (chain length, K), mean and min-max band."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = sorted({(j["length"], j["k"]) for j in jobs})
-    arms = sorted({j["arm"] for j in jobs})
-    cols = max(len({k for _, k in panels}), 1)
-    rows_n = max(len({t for t, _ in panels}), 1)
-    fig = Figure(figsize=(max(4.2 * cols, 8.0), 3.4 * rows_n + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows_n, cols, squeeze=False)
-    lengths, ks = sorted({t for t, _ in panels}), sorted({k for _, k in panels})
-    for t, k in panels:
-        ax = axes[lengths.index(t)][ks.index(k)]
-        for i, arm in enumerate(arms):
-            series = [
-                [(s, a) for s, a, _ in j["record"]["eval"]]
-                for j in jobs
-                if j["arm"] == arm and j["k"] == k and j["length"] == t
-            ]
-            steps, mean, low, high = _band(series)
-            if steps:
-                ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(series)})")
-                ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.15, linewidth=0)
-        ax.set_title(f"{t} steps (T={8 * t}), K={k}", fontsize="medium")
-        ax.set(xlabel="optimizer step", ylabel="greedy test accuracy")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1)
-    fig.savefig(path, dpi=100)
-
-
-def plot_steps(
-    rows: list[dict[str, Any]], jobs: list[dict[str, Any]], thresholds: dict[int, float], path: Path
-) -> None:
-    """Steps to the threshold against K, one panel per chain length; mean and 95% interval."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    lengths = sorted({r["chain_length"] for r in rows})
-    fig = Figure(figsize=(max(5 * len(lengths), 8.0), 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(len(lengths), 1), squeeze=False)[0]
-    arms = sorted({r["arm"] for r in rows})
-    for ax, t in zip(axes, lengths, strict=False):
-        threshold = thresholds.get(t, 0.5)
-        for i, arm in enumerate(arms):
-            xs, ys, errs = [], [], []
-            for k in sorted({r["K"] for r in rows}):
-                steps = [
-                    float(r[0])
-                    for j in jobs
-                    if j["arm"] == arm
-                    and j["k"] == k
-                    and j["length"] == t
-                    and (r := _reach(j["record"], threshold)) is not None
-                ]
-                d = describe(steps)
-                if d["mean"] is None:
-                    continue
-                xs.append(k * (1 + 0.03 * (i - len(arms) / 2)))  # spread arms apart
-                ys.append(d["mean"])
-                errs.append(0.0 if d["std"] is None else d["ci95_high"] - d["mean"])
-            if xs:
-                ax.errorbar(xs, ys, yerr=errs, color=f"C{i}", marker="o", capsize=3, label=arm)
-        ax.set_xscale("log", base=2)
-        ks = sorted({r["K"] for r in rows})
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlim(min(ks) / 1.6, max(ks) * 1.6)
-        ax.set(
-            xlabel="K (minibatches per rollout)",
-            ylabel=f"steps to test accuracy {threshold:g}",
-            title=f"{t} steps per problem (T={8 * t})",
-        )
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1)
-    fig.savefig(path, dpi=100)
 
 
 def report(
@@ -334,6 +275,10 @@ def report(
             *paired_rows(runs),
             "",
         ]
+        k_max = max(j["k"] for j in runs)
+        for key, head in DIAGS[:4]:
+            lines += [f"## {head} by inner step, K = {k_max} (mean over seeds)", ""]
+            lines += [*inner_loop_rows(runs, key, k_max), ""]
     if extra:
         lines += [
             f"## Supplement: arms at another learning rate ({len(supplement)} jobs, test split)",
@@ -348,9 +293,11 @@ def report(
         writer.writerows(rows + extra)
         (root / "cells.csv").write_text(buf.getvalue(), encoding="utf-8")
     if runs:
+        from tic_grpo_cli.analysis import chain_study_plots as plots  # matplotlib: on demand
+
         img_dir.mkdir(parents=True, exist_ok=True)
-        plot_curves(runs, img_dir / "chain_study_curves.png")
-        plot_steps(rows, runs, thresholds, img_dir / "chain_study_steps.png")
+        plots.plot_curves(runs, img_dir / "chain_study_curves.png")
+        plots.plot_steps(rows, runs, thresholds, img_dir / "chain_study_steps.png")
     text = "\n".join(lines)
     (root / "report.md").write_text(text + "\n", encoding="utf-8")
     return text
