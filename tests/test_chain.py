@@ -197,6 +197,11 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert main(args) == 0  # everything finished: nothing runs again
     assert [r.stat().st_mtime_ns for r in runs.glob("*/summary.json")] == stamps
 
+    # A job of another length in the same dir (a user's 16-step try): reported apart.
+    longer = runs / "longer"
+    shutil.copytree(records[0].parent, longer)
+    overrides_file = longer / ".hydra" / "overrides.yaml"
+    overrides_file.write_text(overrides_file.read_text().replace("max_steps=2", "max_steps=16"))
     # The supplement: the grpo job again, as if run at another learning rate.
     grpo_job = next(p.parent for p in records if "+arm=grpo," in p.parent.name)
     other = tmp_path / "supplement" / grpo_job.name
@@ -211,10 +216,14 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert "| 4 | 2 | traj_is_nolow (1e-4) | 1 |" in study_part
     assert "3e-4" not in study_part and "| 4 | 2 | grpo (3e-4) | 1 |" in supplement_part
     assert "| T (steps) | K | traj_is_nolow − grpo |" in study_part  # one seed: no interval
+    assert "| 4 | 2 | grpo (1e-4, trainer.max_steps=16) | 1 |" in study_part
+    assert "1 jobs ran with overrides outside the study's design" in study_part
     rows = (tmp_path / "cells.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[-1].startswith("supplement,4,2,grpo,3e-4,1,")
+    assert len(rows) == 5 and rows[-1].startswith("supplement,4,2,grpo,3e-4,,1,")
     for name in ("chain_study_curves.png", "chain_study_steps.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    # The sweep dir itself (hydra.sweep.dir=DIR): its jobs, not an empty report.
+    assert "| 4 | 2 | grpo (1e-4) | 1 |" in chain_study.report(runs, {4: 0.0})
 
 
 def test_learning_rate_choice_by_hand():

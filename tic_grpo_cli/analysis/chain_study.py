@@ -7,7 +7,8 @@ Reads the job dirs the study's two sweeps leave (docs/RESULTS.md, "The chain stu
 validation split) and ``<dir>/runs`` (experiment=chain_study: every arm x K x chain length x
 seed at the arm's chosen rate, scored on the test split), and ``<dir>/supplement`` if there
 is one (an arm at another rate: the same sweep with ``trainer.lr=...`` and
-``hydra.sweep.dir=<dir>/supplement``, reported in a table of its own). Each finished job has
+``hydra.sweep.dir=<dir>/supplement``, reported in a table of its own). ``--dir`` may also be
+a sweep dir of one's own (``hydra.sweep.dir=DIR``, jobs right below it). Each finished job has
 .hydra/overrides.yaml, summary.json and study.json (`tic_grpo_cli.study`). Writes
 ``<dir>/report.md``, ``<dir>/cells.csv`` and two plots, and prints the report. Whatever has
 finished is reported; a cell with fewer seeds than planned says so.
@@ -20,6 +21,7 @@ import csv
 import io
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,11 @@ def arm_name(job: dict[str, Any]) -> str:
     return "traj_is_nolow" if nolow else job["algorithm"]
 
 
+# The overrides that place a job in the study's design; any other (a cut-down
+# trainer.max_steps=16, the supplement's trainer.lr=1e-4) makes a variant, kept apart.
+_DESIGN = {"seed", "arm", "algorithm", "dataset", "experiment", "trainer.rollout_batch_size"}
+
+
 def lr_text(lr: float) -> str:
     """A learning rate as people write it: 5e-05 -> '5e-5', 0.0001 -> '1e-4', 0.001 -> '1e-3'."""
     mantissa, exponent = f"{lr:e}".split("e")
@@ -57,7 +64,8 @@ def lr_text(lr: float) -> str:
 
 
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Finished jobs with a study record: arm, lr, K, chain length, seed and the record."""
+    """Finished jobs with a study record: arm, lr, K, chain length, seed, the record, and the
+    job's variant: its overrides outside the study's design ("" for the study's own jobs)."""
     if not sweep_dir.is_dir():
         return []
     out = []
@@ -69,9 +77,13 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
         facts = record.get("job")
         if not facts:
             continue
+        variant = {
+            k.lstrip("+"): v for k, v in job.overrides.items() if k.lstrip("+") not in _DESIGN
+        }
         out.append(
             {
                 "arm": arm_name(facts),
+                "variant": " ".join(f"{k}={v}" for k, v in sorted(variant.items())),
                 "lr": lr_text(facts["lr"]),
                 "k": facts["K"],
                 "length": facts["chain_length"],
@@ -129,14 +141,14 @@ def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
 
 
 def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[dict[str, Any]]:
-    """One row per (chain length, K, arm, lr): finals, threshold times and last-step
+    """One row per (chain length, K, arm, lr, variant): finals, threshold times and last-step
     diagnostics. An arm run at two rates (the supplement) gives two rows."""
-    cells: dict[tuple[int, int, str, str], list[dict[str, Any]]] = {}
+    cells: dict[tuple[int, int, str, str, str], list[dict[str, Any]]] = {}
     for job in jobs:
-        key = (job["length"], job["k"], job["arm"], job["lr"])
+        key = (job["length"], job["k"], job["arm"], job["lr"], job.get("variant", ""))
         cells.setdefault(key, []).append(job)
     rows = []
-    for (length, k, arm, lr), group in sorted(cells.items()):
+    for (length, k, arm, lr, variant), group in sorted(cells.items()):
         threshold = thresholds.get(length, 0.5)
         reached = [r for j in group if (r := reach(j["record"], threshold)) is not None]
         row: dict[str, Any] = {
@@ -144,6 +156,7 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
             "K": k,
             "arm": arm,
             "lr": lr,
+            "variant": variant,
             "seeds": len(group),
             "threshold": threshold,
             "final_acc": _fmt([_final(j["record"]) for j in group]),
@@ -232,7 +245,7 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         cells = [
             str(r["chain_length"]),
             str(r["K"]),
-            f"{r['arm']} ({r['lr']})",
+            f"{r['arm']} ({r['lr']}{', ' + r['variant'] if r['variant'] else ''})",
             str(r["seeds"]),
             r["final_acc"],
             f"{r['steps_to_threshold']} ({r['reached']} reached {r['threshold']:g})",
@@ -243,14 +256,46 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _main_variant(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs with the variant most of them share get variant "": they are the study (a
+    cut-down study is all one variant); the others keep theirs and are reported apart."""
+    if not jobs:
+        return jobs
+    main = Counter(j["variant"] for j in jobs).most_common(1)[0][0]
+
+    def differs(variant: str) -> str:  # what sets a job apart: its overrides the main lacks
+        if variant == main:
+            return ""
+        extra = [item for item in variant.split() if item not in main.split()]
+        return " ".join(extra) or f"not {main}"
+
+    return [{**j, "variant": differs(j["variant"])} for j in jobs]
+
+
+def _variant_note(n: int) -> list[str]:
+    if not n:
+        return []
+    return [
+        f"{n} jobs ran with overrides outside the study's design (named in their rows): they",
+        "are kept out of the paired table, the inner-step tables and the plots.",
+    ]
+
+
 def report(
     root: Path, thresholds: dict[int, float] | None = None, img_dir: Path | None = None
 ) -> str:
-    """Write report.md and cells.csv under root (plots in img_dir, default root); return it."""
+    """Write report.md and cells.csv under root (plots in img_dir, default root); return it.
+    root is the study's results dir (runs/, lr_grid/, supplement/ below it) or a sweep dir
+    whose job dirs are right below it."""
     img_dir = img_dir or root
     thresholds = {**THRESHOLDS, **(thresholds or {})}
-    grid, runs = _load(root / "lr_grid"), _load(root / SUBDIRS["study"])
-    supplement = _load(root / SUBDIRS["supplement"])
+    # The study's root holds runs/ (and lr_grid/, supplement/); a sweep dir of one's own
+    # (hydra.sweep.dir=DIR) holds the jobs themselves.
+    layout = any((root / d).is_dir() for d in ("lr_grid", *SUBDIRS.values()))
+    study_dir = root / SUBDIRS["study"] if layout else root
+    grid, all_runs = _load(root / "lr_grid"), _main_variant(_load(study_dir))
+    runs = [j for j in all_runs if not j["variant"]]  # the design's jobs: pairs, plots
+    supplement = _main_variant(_load(root / SUBDIRS["supplement"]))
     lines = [f"# Chain study report ({len(grid)} grid jobs, {len(runs)} study jobs finished)", ""]
     if grid:
         table, chosen = lr_table(grid)
@@ -262,14 +307,21 @@ def report(
         ]
         lines.append("Chosen: " + ", ".join(f"{a} {lr}" for a, lr in chosen.items()))
         lines.append("")
-    rows = [{"set": "study", **r} for r in cell_rows(runs, thresholds)]
+    rows = [{"set": "study", **r} for r in cell_rows(all_runs, thresholds)]
     extra = [{"set": "supplement", **r} for r in cell_rows(supplement, thresholds)]
     if rows:
         lines += [
             "## Cells (test split; mean [95% t interval] over seeds)",
             "",
+            "Final test accuracy is the mean of the last two evaluations; steps and train",
+            "seconds count to the first evaluation at or above the threshold.",
+            *_variant_note(len(all_runs) - len(runs)),
+            "",
             *_markdown(rows),
             "",
+        ]
+    if runs:
+        lines += [
             "## Final test accuracy against GRPO, paired by seed (points)",
             "",
             *paired_rows(runs),
@@ -297,7 +349,8 @@ def report(
 
         img_dir.mkdir(parents=True, exist_ok=True)
         plots.plot_curves(runs, img_dir / "chain_study_curves.png")
-        plots.plot_steps(rows, runs, thresholds, img_dir / "chain_study_steps.png")
+        design_rows = [r for r in rows if not r["variant"]]
+        plots.plot_steps(design_rows, runs, thresholds, img_dir / "chain_study_steps.png")
     text = "\n".join(lines)
     (root / "report.md").write_text(text + "\n", encoding="utf-8")
     return text
