@@ -128,7 +128,9 @@ def test_the_command_printed_on_interrupt_continues_the_run_in_place(tmp_path):
     assert stopped_at < 12, "the run ended before the signal: nothing to resume"
     (checkpoint,) = (run / "checkpoints").glob("step_*")
     first_wall = torch.load(checkpoint / "trainer_state.pt", weights_only=True)["wall_time_s"]
-    command = re.search(r"continue with: (tic-grpo train .*)$", err.strip()).group(1)
+    # `python -m tic_grpo_cli` with the venv's bin not on PATH: the command names the python.
+    command = re.search(r"continue with: (\S+(?: -m tic_grpo_cli)? train .*)$", err.strip())
+    command = command.group(1)
     assert f"continue with: {command}" in (run / "train.log").read_text()
 
     elsewhere = tmp_path / "elsewhere"
@@ -161,3 +163,23 @@ def test_eval_of_all_checkpoints_draws_a_curve_of_the_kept_ones(tmp_path):
     cfg = compose_eval(f"checkpoint.path={tmp_path / 'run'}", "checkpoint.all=true", "eval.limit=2")
     results = evaluate(cfg, tmp_path / "eval")
     assert [r["step"] for r in results["results"]] == [2, 4, 8]
+
+
+def test_printed_commands_call_the_program_the_way_that_works(tmp_path, monkeypatch):
+    """`make train` runs .venv/bin/tic-grpo with the venv not on PATH: a hint saying
+    `tic-grpo ...` failed with 'command not found' there."""
+    from tic_grpo_cli import errors
+    from tic_grpo_cli.errors import program
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "tic-grpo"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(errors, "ENTRY_POINT", str(script))  # kept by cli.main
+    assert program() == str(script)  # not on PATH: the path it was started by
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert program() == "tic-grpo"  # on PATH and the same file: the short name
+    monkeypatch.setattr(errors, "ENTRY_POINT", "/somewhere/tic_grpo_cli/__main__.py")
+    assert program() == f"{sys.executable} -m tic_grpo_cli"  # another tic-grpo on PATH

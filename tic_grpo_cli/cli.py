@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tic_grpo_cli import overrides
+from tic_grpo_cli import errors, overrides
 from tic_grpo_cli.config import register_configs
-from tic_grpo_cli.errors import Interrupted, UserError, did_you_mean, suggest
+from tic_grpo_cli.errors import Interrupted, UserError, did_you_mean, program, suggest
 from tic_grpo_cli.run_dir import register_resolvers
 from tic_grpo_cli.validation import validate_eval, validate_train
 
@@ -120,7 +120,7 @@ def _sweep_again() -> str:
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
     kept = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "resume="))]
     added = [f"hydra.sweep.dir={sweep_dir}", "resume=auto"]
-    return " ".join([sys.argv[0], *(shlex.quote(a) for a in kept + added)])
+    return " ".join([program(), "sweep", *(shlex.quote(a) for a in kept + added)])
 
 
 def _rank_argv(run_dir: Path) -> list[str]:
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         validate = validate_eval if command == "eval" else validate_train
         _guarded(lambda: overrides.check(command, app_args, validate))
     # Hydra parses sys.argv itself; the program name keeps the subcommand so that help and
-    # error messages show the command the user typed.
+    # error messages show the command the user typed. Printed commands still need the real one.
+    errors.ENTRY_POINT = errors.ENTRY_POINT or (sys.argv[0] if sys.argv else "")
     sys.argv = [f"tic-grpo {command}", *app_args]
     if command != "sweep":
         app()

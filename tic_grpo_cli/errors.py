@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import difflib
+import os
+import shutil
 import signal
+import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -42,3 +46,24 @@ def suggest(word: str, options: list[str], n: int = 3) -> list[str]:
 def did_you_mean(close: list[str]) -> str:
     """`; did you mean a or b?`, or an empty string when nothing is close."""
     return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+# The path this process was started by, kept by cli.main before it renames sys.argv[0]
+# for Hydra ("tic-grpo train"): what program() looks at.
+ENTRY_POINT = ""
+
+
+def program() -> str:
+    """How a printed command (the one that continues a run or a sweep) should call this
+    program so that pasting it works: `tic-grpo` when that name on PATH is this program (an
+    activated venv, a pip install); else the entry point's absolute path (`make train` runs
+    `.venv/bin/tic-grpo` with the venv not on PATH); else `<python> -m tic_grpo_cli`."""
+    argv0 = ENTRY_POINT or (sys.argv[0] if sys.argv else "")
+    on_path = shutil.which("tic-grpo")
+    if Path(argv0).name == "tic-grpo":
+        if on_path and os.path.samefile(on_path, argv0):
+            return "tic-grpo"
+        return str(Path(argv0).absolute())
+    if on_path and Path(on_path).parent == Path(sys.executable).parent:
+        return "tic-grpo"  # `python -m tic_grpo_cli` of the same environment
+    return f"{sys.executable} -m tic_grpo_cli"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tic_grpo_cli.distributed import SINGLE, Dist
-from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.errors import UserError, program
 
 log = logging.getLogger("tic_grpo")
 
@@ -119,7 +119,7 @@ def launch(nproc: int, argv: list[str], run_dir: Path) -> dict[str, Any]:
     except SignalException as err:
         raise UserError(
             f"stopped by {err.sigval.name}, the ranks saved a checkpoint in {run_dir}; "
-            f"continue with: tic-grpo train resume={run_dir}"
+            f"continue with: {program()} train resume={run_dir}"
         ) from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tic_grpo_cli import checkpoint as ckpt
 from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.errors import UserError, program
 
 log = logging.getLogger("tic_grpo")
 
@@ -199,8 +199,8 @@ def finished_summary(
         return None
     log.info(
         "run already finished at step %d (summary.json written); nothing to do. To continue "
-        "it, raise trainer.max_steps: tic-grpo train resume=%s trainer.max_steps=%d",
-        saved["step"], shlex.quote(str(run.absolute())), 2 * saved["step"],
+        "it, raise trainer.max_steps: %s train resume=%s trainer.max_steps=%d",
+        saved["step"], program(), shlex.quote(str(run.absolute())), 2 * saved["step"],
     )  # fmt: skip
     return summary
 

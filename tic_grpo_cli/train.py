@@ -40,7 +40,7 @@ from tic_grpo_cli.collect import (
 )
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.errors import Interrupted, UserError
+from tic_grpo_cli.errors import Interrupted, UserError, program
 from tic_grpo_cli.models import (
     load_model_and_tokenizer,
     load_tokenizer,
@@ -384,7 +384,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logger.finish({})
         where = f"interrupted at step {state.step}, checkpoint {path}"
         # The run's overrides are in the checkpoint: this command alone continues it in place.
-        command = f"tic-grpo train resume={shlex.quote(str(run_dir))}"
+        command = f"{program()} train resume={shlex.quote(str(run_dir))}"
         # A rank the signal did not reach stops as the scheduler's SIGTERM would have it.
         signum = stop.signal or signal.SIGTERM
         raise Interrupted(f"{where}; continue with: {command}", where, signum)
