@@ -77,12 +77,11 @@ SYNONYMS = {
     "init_kl_coef": "algorithm.kl_coef",
     "kl_loss_coef": "algorithm.kl_coef",
     "kl_loss_type": "algorithm.kl_estimator",
-    "epsilon": "algorithm.epsilon_low",
+    "epsilon": "algorithm.epsilon_low algorithm.epsilon_high",  # one symmetric clip
     "clip_ratio": "algorithm.epsilon_low",
     "clip_ratio_low": "algorithm.epsilon_low",
     "eps_clip": "algorithm.epsilon_low",
     "clip_ratio_high": "algorithm.epsilon_high",
-    "loss_type": "algorithm.aggregation",
     "loss_agg_mode": "algorithm.aggregation",
     "scale_rewards": "algorithm.normalize_std",
     "reward_funcs": "dataset.reward.fns",
@@ -95,6 +94,13 @@ SYNONYMS = {
     "run_name": "wandb.name",
     "bf16": "hardware.mixed_precision",
 }
+# Names whose value picks one of our algorithms (TRL's loss_type=dr_grpo, verl's
+# adv_estimator=grpo): the hint is the config group with that value.
+GROUP_SYNONYMS = {
+    "loss_type": "algorithm",
+    "adv_estimator": "algorithm",
+    "policy_loss": "algorithm",
+}
 
 
 def suggest_key(key: str, keys: list[str], n: int = 3) -> list[str]:
@@ -103,8 +109,9 @@ def suggest_key(key: str, keys: list[str], n: int = 3) -> list[str]:
     under the same parent (`trainer.max_step` -> `trainer.max_steps`), else any key with a
     close last part (`max_steps` -> `trainer.max_steps`, `algorithm.lr` -> `trainer.lr`)."""
     parent, _, leaf = key.rpartition(".")
-    if SYNONYMS.get(leaf) in keys:
-        return [SYNONYMS[leaf]]
+    known = [k for k in SYNONYMS.get(leaf, "").split() if k in keys]
+    if known:
+        return known
     for pool in ([k for k in keys if k.rpartition(".")[0] == parent], keys):
         leaves = suggest(leaf, sorted({k.rpartition(".")[2] for k in pool}), n)
         found = [k for name in leaves for k in pool if k.rpartition(".")[2] == name]
@@ -214,7 +221,14 @@ def _check_key(command: str, override: Override, cfg: DictConfig, keys: list[str
     key = override.key_or_group
     if not _unknown(cfg, key):
         return
-    hint = did_you_mean(suggest_key(key, keys)) or f"; `tic-grpo {command} --cfg job` lists them"
+    group = GROUP_SYNONYMS.get(key.rpartition(".")[2])
+    if group and override.value_type is not None and not override.is_sweep_override():
+        hint = (
+            f"; did you mean {group}={override.value()}? (`tic-grpo {command} --help` lists them)"
+        )
+    else:
+        close = suggest_key(key, keys)
+        hint = did_you_mean(close) or f"; `tic-grpo {command} --cfg job` lists them"
     raise UserError(f"{key}: no such config key{hint}")
 
 
