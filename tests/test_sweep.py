@@ -445,3 +445,18 @@ def test_real_two_by_two_sweep(tmp_path):
     ], [r["errors"] for r in rows]
     assert "| algorithm=grpo | 2 (0,1) |" in (sweep_dir / "summary.md").read_text()
     assert (sweep_dir / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_common_overrides_leave_out_an_algorithm_the_jobs_replaced():
+    """The chain study pins algorithm=tic and each +arm sets its own: the summary's
+    "Common overrides" said algorithm=tic above rows that ran grpo."""
+    from tic_grpo_cli.sweep_jobs import Job, group_jobs
+
+    def job(arm, ran):
+        overrides = {"algorithm": "tic", "arm": arm, "dataset": "chain", "seed": "0"}
+        return Job(Path(arm), overrides, "finished", summary={"algorithm": ran})
+
+    groups, common = group_jobs([job("grpo", "grpo"), job("tic", "tic")])
+    assert common == ["dataset=chain"] and list(groups) == ["arm=grpo", "arm=tic"]
+    _, common = group_jobs([job("a", "tic"), job("b", "tic")])
+    assert "algorithm=tic" in common  # every job ran what the override says

@@ -165,7 +165,11 @@ def group_jobs(jobs: list[Job]) -> tuple[dict[str, list[Job]], list[str]]:
     """Configurations keyed by label (the swept keys except seed) and the common overrides."""
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides if _is_config_key(k)))
     swept = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
-    common = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in swept]
+    # An override some job's config replaced (the chain study pins algorithm=tic and each
+    # +arm sets its own) would misname the jobs: the summary says what ran.
+    ran = {str(j.summary["algorithm"]) for j in jobs if "algorithm" in j.summary}
+    replaced = {"algorithm"} if ran - {jobs[0].overrides.get("algorithm")} else set()
+    common = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in swept and k not in replaced]
     # With one configuration there is nothing to tell apart: name it by its overrides.
     label_keys = swept or keys
     groups: dict[str, list[Job]] = {}
