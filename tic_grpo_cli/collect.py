@@ -1,5 +1,5 @@
-"""One rollout's data, outer loop step 1 of PAPER.md: which prompts it takes
-(`PromptSampler`); G completions per prompt from the current policy, scored, rewards
+"""One rollout's data, outer loop step 1 of the TIC-GRPO paper (arXiv 2508.02833): which
+prompts it takes (`PromptSampler`); G completions per prompt from the current policy, scored, rewards
 group-normalised into advantages (`collect_rollout`); every rank's share gathered for
 reporting (`gather_rollout`); the rollout's metrics and the samples shown on the console
 (`rollout_metrics`, `pick_samples`).

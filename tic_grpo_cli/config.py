@@ -46,7 +46,7 @@ class AlgorithmConfig:
     name: str = "tic"
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
-    # None: the algorithm's own normalisation from PAPER.md.
+    # None: the algorithm's own normalisation from the paper (arXiv 2508.02833).
     aggregation: str | None = None
     normalize_std: bool = True
     batch_std: bool = False

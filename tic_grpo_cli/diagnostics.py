@@ -8,7 +8,7 @@ For ``grpo_no_is`` the loss sees the frozen rollout policy, so every ratio there
 Per completion i (tokens t, mask m): log rho_i = sum_t m_t (log pi_theta - log pi_old).
 - ``log_rho_std``: the spread of log rho over the minibatch's completions;
 - ``capped_fraction``: share of completions with rho_i > 1 + epsilon_high, where TIC-GRPO's cap
-  (PAPER.md Eq. 8) drops the gradient, whichever algorithm is running;
+  (the paper's Eq. 8) drops the gradient, whichever algorithm is running;
 - ``ess``: the normalised effective sample size of rho, (sum rho)^2 / (n sum rho^2), in (0, 1]
   (Kong 1992; 1 when every ratio is equal);
 - ``kl_old``: KL(pi_old || pi_theta) per completion, the k3 estimator summed over tokens,

@@ -1,4 +1,4 @@
-"""`tic-grpo train`: the RL loop of PAPER.md, top to bottom.
+"""`tic-grpo train`: the RL loop of the TIC-GRPO paper (arXiv 2508.02833), top to bottom.
 
     repeat: sample N prompts x G completions from pi_old := pi_theta  (rollout)
             score them, group-normalise rewards into advantages

@@ -1,4 +1,5 @@
-"""The inner loop of PAPER.md: K minibatches of optimizer steps on one rollout.
+"""The inner loop of the TIC-GRPO paper (arXiv 2508.02833): K minibatches of optimizer
+steps on one rollout.
 
 `policy_update` takes a scored rollout, computes pi_old's log-probs (and the reference
 model's, for a KL term), then one optimizer step per minibatch of whole groups, each

@@ -57,7 +57,7 @@ def _algorithm(name: str) -> Algorithm:
 
 
 def default_aggregation(name: str) -> str:
-    """The aggregation PAPER.md gives the algorithm `name`."""
+    """The aggregation the paper gives the algorithm `name`."""
     return _algorithm(name).default_aggregation
 
 

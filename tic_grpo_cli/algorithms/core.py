@@ -200,7 +200,7 @@ def group_advantages(
 
     std is Bessel-corrected (torch.std) over the group, or over the whole batch if
     `batch_std`; `normalize_std=False` gives R - mean (Dr. GRPO). With `lengths` [N, G],
-    R / |s| replaces R (the "length-corrected" reading of TIC-GRPO, PAPER.md).
+    R / |s| replaces R (the "length-corrected" reading of TIC-GRPO in arXiv 2508.02833).
     A group whose (corrected) rewards are all equal gets exactly 0.
     """
     if rewards.dim() != 2:

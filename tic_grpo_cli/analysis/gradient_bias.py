@@ -1,10 +1,11 @@
 """Exact gradient-bias check: which gradient does each algorithm's update estimate?
 
-PAPER.md ("Theory") claims that, inside one inner loop, the expected GRPO update is
-``∇J(θ_old)`` plus a drift that grows with the number of inner steps, while the expected
-(unclipped) TIC-GRPO update is ``∇J(θ)`` at the current parameters, exactly. Sampling
-noise would swamp that claim, so we take a policy small enough to list every completion
-and compute every expectation as an exact, float64 sum over them:
+The TIC-GRPO paper (arXiv 2508.02833, "Theory") claims that, inside one inner loop, the
+expected GRPO update is ``∇J(θ_old)`` plus a drift that grows with the number of inner
+steps, while the expected (unclipped) TIC-GRPO update is ``∇J(θ)`` at the current
+parameters, exactly. Sampling noise would swamp that claim, so we take a policy small
+enough to list every completion and compute every expectation as an exact, float64 sum
+over them:
 
 - ``J(θ) = Σ_s P_θ(s) R(s)`` and ``∇J(θ)`` by autograd through that sum;
 - the expected update of an algorithm at ``θ`` is ``E_{s~π_old}[-∇_θ loss_s(θ)]``, obtained

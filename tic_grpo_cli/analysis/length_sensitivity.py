@@ -1,6 +1,6 @@
 """How the bias of each update direction depends on the completion length T, exactly.
 
-PAPER.md's theory says GRPO's token-level correction misses the shift of the prefix
+The paper's theory says GRPO's token-level correction misses the shift of the prefix
 distribution, an error that accumulates over the T tokens of a trajectory, while TIC-GRPO's
 trajectory ratio corrects it whatever T is (until its cap binds). The gradient-bias
 analysis (``gradient_bias.py``) measures this at one T; this one repeats it over a range
