@@ -95,7 +95,7 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _final(record: dict[str, Any], last: int = 2) -> float:
+def final(record: dict[str, Any], last: int = 2) -> float:
     """Mean accuracy of the last `last` evaluations: one evaluation alone swings by points."""
     accs = [acc for _, acc, _ in record["eval"][-last:]]
     return sum(accs) / len(accs)
@@ -124,7 +124,7 @@ def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     chosen rate per arm (the highest mean; ties go to the smaller rate)."""
     by_arm: dict[str, dict[str, list[float]]] = {}
     for job in jobs:
-        by_arm.setdefault(job["arm"], {}).setdefault(job["lr"], []).append(_final(job["record"]))
+        by_arm.setdefault(job["arm"], {}).setdefault(job["lr"], []).append(final(job["record"]))
     lines = [
         "| arm | lr: validation accuracy (runs) | chosen |",
         "|---|---|---|",
@@ -159,7 +159,7 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
             "variant": variant,
             "seeds": len(group),
             "threshold": threshold,
-            "final_acc": _fmt([_final(j["record"]) for j in group]),
+            "final_acc": _fmt([final(j["record"]) for j in group]),
             "reached": f"{len(reached)}/{len(group)}",
             "steps_to_threshold": _fmt([float(s) for s, _ in reached], "{:.0f}"),
             "seconds_to_threshold": _fmt([t for _, t in reached], "{:.0f}"),
@@ -181,9 +181,9 @@ def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
     that all arms have in common. Per (chain length, K, arm): mean difference in points and
     its 95% t interval over the seeds both arms finished; "-" where fewer than two seeds pair.
     """
-    final = {(j["length"], j["k"], j["arm"], j["seed"]): _final(j["record"]) for j in jobs}
-    cells = sorted({(t, k) for t, k, _, _ in final})
-    arms = sorted({a for _, _, a, _ in final} - {base})
+    finals = {(j["length"], j["k"], j["arm"], j["seed"]): final(j["record"]) for j in jobs}
+    cells = sorted({(t, k) for t, k, _, _ in finals})
+    arms = sorted({a for _, _, a, _ in finals} - {base})
     lines = [
         "| T (steps) | K | " + " | ".join(f"{a} − {base}" for a in arms) + " |",
         "|" + "---|" * (2 + len(arms)),
@@ -192,9 +192,9 @@ def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
         out = []
         for arm in arms:
             diffs = [
-                100 * (final[(t, k, arm, seed)] - final[(t, k, base, seed)])
-                for (t2, k2, a, seed) in final
-                if (t2, k2, a) == (t, k, arm) and (t, k, base, seed) in final
+                100 * (finals[(t, k, arm, seed)] - finals[(t, k, base, seed)])
+                for (t2, k2, a, seed) in finals
+                if (t2, k2, a) == (t, k, arm) and (t, k, base, seed) in finals
             ]
             d = describe(diffs)
             if d["std"] is None:

@@ -47,46 +47,64 @@ def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
 def plot_steps(
     rows: list[dict[str, Any]], jobs: list[dict[str, Any]], thresholds: dict[int, float], path: Path
 ) -> None:
-    """Steps to the threshold against K, one panel per chain length; mean and 95% interval."""
+    """Against K, one column per chain length: steps to the threshold (top; mean and 95%
+    interval over the seeds that reached it, their count written beside a point that not
+    all seeds reached) and final test accuracy (bottom; mean of the last two evaluations,
+    mean and 95% interval over seeds)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from tic_grpo_cli.analysis.chain_study import final
+
     lengths = sorted({r["chain_length"] for r in rows})
-    fig = Figure(figsize=(max(5 * len(lengths), 8.0), 3.8), layout="constrained")
+    fig = Figure(figsize=(max(5 * len(lengths), 8.0), 7.0), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(len(lengths), 1), squeeze=False)[0]
+    axes = fig.subplots(2, max(len(lengths), 1), squeeze=False)
     arms = sorted({r["arm"] for r in rows})
-    for ax, t in zip(axes, lengths, strict=False):
+    ks = sorted({r["K"] for r in rows})
+    for col, t in enumerate(lengths):
         threshold = thresholds.get(t, 0.5)
         for i, arm in enumerate(arms):
-            xs, ys, errs = [], [], []
-            for k in sorted({r["K"] for r in rows}):
-                steps = [
-                    float(r[0])
-                    for j in jobs
-                    if j["arm"] == arm
-                    and j["k"] == k
-                    and j["length"] == t
-                    and (r := reach(j["record"], threshold)) is not None
-                ]
-                d = describe(steps)
-                if d["mean"] is None:
-                    continue
-                xs.append(k * (1 + 0.03 * (i - len(arms) / 2)))  # spread arms apart
-                ys.append(d["mean"])
-                errs.append(0.0 if d["std"] is None else d["ci95_high"] - d["mean"])
-            if xs:
-                ax.errorbar(xs, ys, yerr=errs, color=f"C{i}", marker="o", capsize=3, label=arm)
-        ax.set_xscale("log", base=2)
-        ks = sorted({r["K"] for r in rows})
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlim(min(ks) / 1.6, max(ks) * 1.6)
-        ax.set(
-            xlabel="K (minibatches per rollout)",
-            ylabel=f"steps to test accuracy {threshold:g}",
-            title=f"{t} steps per problem (T={8 * t})",
-        )
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1)
+            cell = {
+                k: [j for j in jobs if (j["arm"], j["k"], j["length"]) == (arm, k, t)] for k in ks
+            }
+            steps = {
+                k: [float(r[0]) for j in group if (r := reach(j["record"], threshold))]
+                for k, group in cell.items()
+            }
+            finals = {k: [final(j["record"]) for j in group] for k, group in cell.items()}
+            for ax, values in ((axes[0][col], steps), (axes[1][col], finals)):
+                _errorbar(ax, i, len(arms), arm, values, {k: len(g) for k, g in cell.items()})
+        for row, ylabel in enumerate(
+            (f"steps to test accuracy {threshold:g}", "final test accuracy")
+        ):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_xlim(min(ks) / 1.6, max(ks) * 1.6)
+            ax.set(xlabel="K (minibatches per rollout)", ylabel=ylabel)
+            ax.grid(alpha=0.3)
+        axes[0][col].set_ylim(bottom=0)
+        axes[0][col].set_title(f"{t} steps per problem (T={8 * t})")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5) or 1)
     fig.savefig(path, dpi=100)
+
+
+def _errorbar(ax: Any, i: int, n_arms: int, arm: str, values: dict, seeds: dict) -> None:
+    """Mean and 95% interval per K of one arm, shifted sideways so the arms do not overlap;
+    "n/m" beside a point that only n of the cell's m seeds contribute to."""
+    xs, ys, errs = [], [], []
+    for k, vals in values.items():
+        d = describe(vals)
+        if d["mean"] is None:
+            continue
+        x = k * (1 + 0.04 * (i - n_arms / 2))
+        xs.append(x)
+        ys.append(d["mean"])
+        errs.append(0.0 if d["std"] is None else d["ci95_high"] - d["mean"])
+        if len(vals) < seeds[k]:
+            ax.annotate(f"{len(vals)}/{seeds[k]}", (x, d["mean"]), fontsize="x-small",
+                        color=f"C{i}", xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    if xs:
+        ax.errorbar(xs, ys, yerr=errs, color=f"C{i}", marker="o", capsize=3, label=arm)
