@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tic_grpo_cli.config import ConfigError, register_configs
+from tic_grpo_cli.run_dir import register_resolvers
 from tic_grpo_cli.validation import validate_eval, validate_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -46,6 +47,7 @@ def options(group: str) -> list[str]:
 
 def compose_train(*overrides: str, name: str = "train"):
     register_configs()
+    register_resolvers()  # ${tic_grpo.pid} in the run dir: the CLI registers it on import
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
         return compose(name, overrides=list(overrides), return_hydra_config=True)
 
@@ -176,6 +178,20 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
     assert cfg.algorithm.name == "grpo" and cfg.model.name_or_path == "tiny"
+
+
+def test_cfg_job_checks_values_and_works_for_sweeps(tmp_path):
+    """`--cfg job` printed a config with a bad value without complaint, and `sweep --cfg job`
+    ended in a traceback (Hydra refuses --cfg with --multirun)."""
+    out = run_cli("train", "--cfg", "job", "algorithm.aggregation=dr_grpo", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().startswith("error: algorithm.aggregation: got 'dr_grpo' (allowed:")
+    out = run_cli("sweep", "--cfg", "job", "experiment=chain_study", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout).trainer.max_steps == 64 and "Traceback" not in out.stderr
+    out = run_cli("sweep", "--cfg", "job", "algorithm=grpo,tic", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--cfg shows one job's config; give algorithm one value" in out.stderr
 
 
 def test_hydra_idioms_add_and_remove_keys(tmp_path):

@@ -205,7 +205,8 @@ def _sweep_argv(args: list[str]) -> list[str]:
             "hydra.output_subdir=null",
             "hydra.job.name=aggregate",
         ]
-    if {"-m", "--multirun"} & set(args):
+    # `--cfg job` / `--info` show one job's config; Hydra refuses them with --multirun.
+    if {"-m", "--multirun", "--cfg", "-c", "--info", "-i"} & set(args):
         return args
     return ["--multirun", *args]
 

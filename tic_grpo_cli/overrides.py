@@ -93,6 +93,7 @@ SYNONYMS = {
     "experiment_name": "wandb.name",
     "run_name": "wandb.name",
     "bf16": "hardware.mixed_precision",
+    "max_completion_length": "dataset.max_completion_length",  # trainer.'s follows it
 }
 # Names whose value picks one of our algorithms (TRL's loss_type=dr_grpo, verl's
 # adv_estimator=grpo): the hint is the config group with that value.
@@ -136,6 +137,9 @@ def check(
         raise UserError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
     multirun = bool({"-m", "--multirun"} & set(args))
     sweeps = [o for o in overrides if o.is_sweep_override()]
+    if sweeps and not multirun and {"--cfg", "-c"} & set(args):
+        line, key = sweeps[0].input_line, sweeps[0].key_or_group
+        raise UserError(f"{line}: --cfg shows one job's config; give {key} one value")
     if sweeps and not multirun:
         line = sweeps[0].input_line
         raise UserError(
@@ -158,7 +162,13 @@ def check(
                 _check_key(config_name, override, base, keys)
         per_override = [_values(o) for o in overrides]
         job = compose_job([values[0] for values in per_override if values])
-        if not multirun or validate is None:
+        if validate is None:
+            return
+        if not multirun:
+            # A run validates its config when it starts; `--cfg` prints it and runs nothing,
+            # so a bad value would be shown without complaint.
+            if {"--cfg", "-c"} & set(args):
+                validate(job)
             return
         validate(job)
         # Each other value of each sweep once, every other override at its first value.

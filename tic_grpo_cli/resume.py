@@ -249,11 +249,25 @@ def resume_argv(args: list[str]) -> list[str]:
     saved = _saved_overrides(newest, run)
     if saved is None:  # not a run of ours: train() says why
         return args
-    given = {_override_key(a) for a in args if "=" in a and not a.startswith("-")}
-    merged = [o for o in saved if _override_key(o) not in given | {"resume"}] + args
+    flags, overrides = _split_flags(args)
+    given = {_override_key(a) for a in overrides}
+    merged = [o for o in saved if _override_key(o) not in given | {"resume"}] + overrides
     if not any(a.startswith("hydra.run.dir=") for a in args):
         merged += [f"hydra.run.dir={_quoted(run.absolute())}", "hydra.output_subdir=null"]
-    return merged
+    # Hydra's flags first: argparse takes the overrides as one run of positionals.
+    return flags + merged
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, e.g. `--cfg job`; the key=value overrides)."""
+    flags, overrides, takes_value = [], [], False
+    for arg in args:
+        if takes_value or arg.startswith("-"):
+            flags.append(arg)
+            takes_value = arg in ("--cfg", "-c", "--package", "-p", "--info", "-i")
+        else:
+            overrides.append(arg)
+    return flags, overrides
 
 
 def _saved_overrides(checkpoint: Path | None, run: Path) -> list[str] | None:
