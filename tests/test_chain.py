@@ -215,6 +215,7 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert "| 4 | 2 | grpo (1e-4) | 1 |" in study_part
     assert "| 4 | 2 | traj_is_nolow (1e-4) | 1 |" in study_part
     assert "3e-4" not in study_part and "| 4 | 2 | grpo (3e-4) | 1 |" in supplement_part
+    assert "| T (steps) | K | grpo (3e-4) − grpo |" in supplement_part  # paired, by seed
     assert "| T (steps) | K | traj_is_nolow − grpo |" in study_part  # one seed: no interval
     assert "| 4 | 2 | grpo (1e-4, trainer.max_steps=16) | 1 |" in study_part
     assert "1 jobs ran with overrides outside the study's design" in study_part

@@ -173,7 +173,9 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
     return rows
 
 
-def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
+def paired_rows(
+    jobs: list[dict[str, Any]], base: str = "grpo", arms: list[str] | None = None
+) -> list[str]:
     """Markdown rows: each arm minus `base` in final test accuracy, paired by seed.
 
     A seed fixes the model's start, the order of training prompts and which 200 test
@@ -182,8 +184,8 @@ def paired_rows(jobs: list[dict[str, Any]], base: str = "grpo") -> list[str]:
     its 95% t interval over the seeds both arms finished; "-" where fewer than two seeds pair.
     """
     finals = {(j["length"], j["k"], j["arm"], j["seed"]): final(j["record"]) for j in jobs}
-    cells = sorted({(t, k) for t, k, _, _ in finals})
-    arms = sorted({a for _, _, a, _ in finals} - {base})
+    arms = arms or sorted({a for _, _, a, _ in finals} - {base})
+    cells = sorted({(t, k) for t, k, a, _ in finals if a in arms})
     lines = [
         "| T (steps) | K | " + " | ".join(f"{a} − {base}" for a in arms) + " |",
         "|" + "---|" * (2 + len(arms)),
@@ -338,6 +340,16 @@ def report(
             *_markdown(extra),
             "",
         ]
+        # Paired by seed against the study's jobs of the same cell: GRPO, and the same arm at
+        # its chosen rate.
+        renamed = [{**j, "arm": f"{j['arm']} ({j['lr']})"} for j in supplement]
+        names = sorted({j["arm"] for j in renamed})
+        for base in ("grpo", *sorted({j["arm"] for j in supplement} - {"grpo"})):
+            lines += [
+                f"Final test accuracy against `{base}` at its study rate, paired by seed:",
+                "",
+            ]
+            lines += [*paired_rows(runs + renamed, base, names), ""]
     if rows or extra:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list((rows or extra)[0]), lineterminator="\n")
