@@ -206,7 +206,7 @@ def _sweep_argv(args: list[str]) -> list[str]:
             "hydra.job.name=aggregate",
         ]
     # `--cfg job` / `--info` show one job's config; Hydra refuses them with --multirun.
-    if {"-m", "--multirun", "--cfg", "-c", "--info", "-i"} & set(args):
+    if {"-m", "--multirun", "--info", "-i", *overrides.SHOW_CONFIG} & set(args):
         return args
     return ["--multirun", *args]
 

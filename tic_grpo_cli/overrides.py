@@ -41,7 +41,10 @@ NO_PRECHECK = {
     "-cd",
     "--version",
 }
-_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p")
+# Hydra flags followed by a value (`--cfg job`); `--info` takes one optionally.
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i")
+# The flags that print a config and run nothing.
+SHOW_CONFIG = {"--cfg", "-c"}
 
 
 # What a key is called in the trainers our users come from (TRL's GRPOConfig, verl's and
@@ -137,7 +140,8 @@ def check(
         raise UserError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
     multirun = bool({"-m", "--multirun"} & set(args))
     sweeps = [o for o in overrides if o.is_sweep_override()]
-    if sweeps and not multirun and {"--cfg", "-c"} & set(args):
+    shows_config = bool(SHOW_CONFIG & set(args))
+    if sweeps and not multirun and shows_config:
         line, key = sweeps[0].input_line, sweeps[0].key_or_group
         raise UserError(f"{line}: --cfg shows one job's config; give {key} one value")
     if sweeps and not multirun:
@@ -167,7 +171,7 @@ def check(
         if not multirun:
             # A run validates its config when it starts; `--cfg` prints it and runs nothing,
             # so a bad value would be shown without complaint.
-            if {"--cfg", "-c"} & set(args):
+            if shows_config:
                 validate(job)
             return
         validate(job)
@@ -184,7 +188,7 @@ def _override_args(args: list[str]) -> list[str]:
     for arg in args:
         if skip:
             skip = False
-        elif arg in _FLAGS_WITH_VALUE:
+        elif arg in FLAGS_WITH_VALUE:
             skip = True
         elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
             out.append(arg)

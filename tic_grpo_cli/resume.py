@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tic_grpo_cli import checkpoint as ckpt
 from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import UserError, program
+from tic_grpo_cli.overrides import FLAGS_WITH_VALUE
 
 log = logging.getLogger("tic_grpo")
 
@@ -264,7 +265,7 @@ def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     for arg in args:
         if takes_value or arg.startswith("-"):
             flags.append(arg)
-            takes_value = arg in ("--cfg", "-c", "--package", "-p", "--info", "-i")
+            takes_value = arg in FLAGS_WITH_VALUE
         else:
             overrides.append(arg)
     return flags, overrides

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.analysis.chain_study import reach
+from tic_grpo_cli.analysis.chain_study import final, reach
 from tic_grpo_cli.sweep_report import _band
 from tic_grpo_cli.sweep_stats import describe
 
@@ -53,8 +53,6 @@ def plot_steps(
     mean and 95% interval over seeds)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from tic_grpo_cli.analysis.chain_study import final
 
     lengths = sorted({r["chain_length"] for r in rows})
     fig = Figure(figsize=(max(5 * len(lengths), 8.0), 7.0), layout="constrained")

@@ -77,22 +77,11 @@ def plot(result: dict, path: Path, notes: dict[str, str]) -> None:
     ax.axhline(1 + eps, color="black", ls=":", lw=1, label=f"1 + ε_high = {1 + eps:g}")
     ax.set_ylabel("ratio")
     share = ax.twinx()
-    share.plot(
-        ks,
-        [r["tic_clipped_mass"] for r in rows],
-        color="tab:purple",
-        lw=2,
-        ls="--",
-        label="P_old-mass with ρ > 1+ε_high",
-    )
-    share.plot(
-        ks,
-        [r["token_outside_clip"] for r in rows],
-        color="tab:blue",
-        lw=2,
-        ls="--",
-        label="P_old-mean share of tokens outside the PPO clip range",
-    )
+    for key, color, label in (
+        ("tic_clipped_mass", "tab:purple", "P_old-mass with ρ > 1+ε_high"),
+        ("token_outside_clip", "tab:blue", "P_old-mean share of tokens outside the PPO clip range"),
+    ):
+        share.plot(ks, [r[key] for r in rows], color=color, lw=2, ls="--", label=label)
     share.set_ylabel("share")
     share.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
