@@ -1,4 +1,4 @@
-"""Time `tic_grpo_cli.rollout.generate` against HF `model.generate()` on a random Llama.
+"""Time `tic_grpo_cli.sampling.generate` against HF `model.generate()` on a random Llama.
 
     python benchmarks/bench_generate.py                  # ~1M params, batch 128 x 32 tokens
     python benchmarks/bench_generate.py --shape 135m     # SmolLM-135M's shape, much slower
@@ -19,7 +19,7 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tic_grpo_cli.rollout import generate
+from tic_grpo_cli.sampling import generate
 
 SHAPES = {
     "1m": dict(

@@ -24,8 +24,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 
 def one_rollout(state: dict, batch) -> None:
-    from tic_grpo_cli.collect import collect_rollout
-    from tic_grpo_cli.update import policy_update
+    from tic_grpo_cli.train.rollout import collect_rollout
+    from tic_grpo_cli.train.update import policy_update
 
     cfg, model, tokenizer, gen = state["cfg"], state["model"], state["tokenizer"], state["gen"]
     with record_function("collect_rollout"):
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     args.warmup, args.rollouts = 1, 2
 
-    from tic_grpo_cli import train
+    from tic_grpo_cli.train import loop as train
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer

@@ -109,7 +109,9 @@ def finish(
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from tic_grpo_cli import collect, train, update
+    from tic_grpo_cli.train import loop as train
+    from tic_grpo_cli.train import rollout as collect
+    from tic_grpo_cli.train import update
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from tic_grpo_cli.threads import busy_cpu_seconds
-from tic_grpo_cli.threads import own_cpu_seconds as _own_cpu_seconds
+from tic_grpo_cli.runtime.threads import busy_cpu_seconds
+from tic_grpo_cli.runtime.threads import own_cpu_seconds as _own_cpu_seconds
 
 
 def _busy_seconds() -> float:
@@ -190,7 +190,7 @@ def train_config(model: str, overrides: Sequence[str] = ()) -> Any:
     """The composed `tic-grpo train` config for `model=<model>` plus `overrides`."""
     from hydra import compose, initialize_config_module
 
-    from tic_grpo_cli.config import register_configs
+    from tic_grpo_cli.config.schema import register_configs
 
     register_configs()
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):

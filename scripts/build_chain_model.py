@@ -24,7 +24,7 @@ from build_tiny_model import Arch, build_model, build_tokenizer, save, sft_steps
 from build_tiny_model import correct as tiny_correct
 
 from tic_grpo_cli.data.chain import ChainProblem, generate, max_completion_tokens
-from tic_grpo_cli.rollout import generate as rollout_generate
+from tic_grpo_cli.sampling import generate as rollout_generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "tic_grpo_cli" / "assets" / "tiny_chain"

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tic_grpo_cli.data.arithmetic import Problem, generate
-from tic_grpo_cli.rollout import generate as rollout_generate
+from tic_grpo_cli.sampling import generate as rollout_generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "tic_grpo_cli" / "assets" / "tiny"

@@ -31,7 +31,7 @@ from test_algorithms import (
 from test_train import make_cfg
 
 from tic_grpo_cli.algorithms import compute_policy_loss
-from tic_grpo_cli.validation import validate_train
+from tic_grpo_cli.config.validation import validate_train
 
 
 def cells():

@@ -11,10 +11,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tic_grpo_cli import diagnostics, study
-from tic_grpo_cli.config import ConfigError, register_configs
+from tic_grpo_cli.algorithms import diagnostics
+from tic_grpo_cli.analysis.studies import record as study
+from tic_grpo_cli.config.schema import ConfigError, register_configs
+from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task, chain
-from tic_grpo_cli.validation import validate_train
 
 
 def compose_train(*overrides: str):
@@ -164,7 +165,7 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     and a second run that skips both finished jobs."""
     import sys
 
-    from tic_grpo_cli.analysis import chain_study
+    from tic_grpo_cli.analysis.studies import chain as chain_study
     from tic_grpo_cli.cli import main
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
@@ -228,7 +229,7 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
 
 
 def test_learning_rate_choice_by_hand():
-    from tic_grpo_cli.analysis.chain_study import lr_table
+    from tic_grpo_cli.analysis.studies.chain import lr_table
 
     def job(arm, lr, accs):
         return {
@@ -249,7 +250,7 @@ def test_learning_rate_choice_by_hand():
 
 
 def test_paired_difference_by_hand():
-    from tic_grpo_cli.analysis.chain_study import paired_rows
+    from tic_grpo_cli.analysis.studies.chain import paired_rows
 
     def job(arm, seed, final):
         evals = [[0, 0.4, 0.0], [8, final, 1.0], [16, final, 2.0]]  # mean of last two = final
@@ -265,7 +266,7 @@ def test_paired_difference_by_hand():
 
 
 def test_inner_loop_table_by_hand():
-    from tic_grpo_cli.analysis.chain_study import inner_loop_rows
+    from tic_grpo_cli.analysis.studies.chain import inner_loop_rows
 
     def job(arm, k, by_k):
         diag = {str(i + 1): {"ratio_diag/ess": v} for i, v in enumerate(by_k)}

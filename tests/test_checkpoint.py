@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tic_grpo_cli import checkpoint as ckpt
-from tic_grpo_cli.config import TrainerConfig
+from tic_grpo_cli.config.schema import TrainerConfig
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.runs import checkpoint as ckpt
 
 
 def writer(tag: str, extra: str | None = None):

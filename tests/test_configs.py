@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tic_grpo_cli.config import ConfigError, register_configs
-from tic_grpo_cli.run_dir import register_resolvers
-from tic_grpo_cli.validation import validate_eval, validate_train
+from tic_grpo_cli.config.schema import ConfigError, register_configs
+from tic_grpo_cli.config.validation import validate_eval, validate_train
+from tic_grpo_cli.runs.run_dir import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("algorithm", "model", "dataset", "hardware", "experiment")
@@ -314,7 +314,8 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
 
 def test_config_names_match_the_algorithm_library():
     # config.py keeps its own copies so that `--help` need not import torch.
-    from tic_grpo_cli import algorithms, config
+    from tic_grpo_cli import algorithms
+    from tic_grpo_cli.config import schema as config
 
     assert set(config.ALGORITHMS) == set(algorithms.ALGORITHMS)
     assert set(config.AGGREGATIONS) == set(algorithms.AGGREGATIONS)

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import DatasetConfig, register_configs
+from tic_grpo_cli.config.schema import DatasetConfig, register_configs
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
 

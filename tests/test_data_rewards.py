@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import RewardConfig
+from tic_grpo_cli.config.schema import RewardConfig
+from tic_grpo_cli.config.validation import validate_reward
 from tic_grpo_cli.data import countdown, verify
 from tic_grpo_cli.data.answers import last_box
 from tic_grpo_cli.data.rewards import Rewarder, auto_scorer, score_all
 from tic_grpo_cli.data.verify import TIMED_OUT, MathVerifier, Verdict, shared_verifier
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.validation import validate_reward
 
 
 def score(scorer: str, completion: str, example: dict):

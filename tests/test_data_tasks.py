@@ -6,11 +6,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import ConfigError, DatasetConfig, register_configs
+from tic_grpo_cli.config.schema import ConfigError, DatasetConfig, register_configs
+from tic_grpo_cli.config.validation import validate_common
 from tic_grpo_cli.data import Examples, arithmetic, build_task, countdown
 from tic_grpo_cli.data.prompts import PromptRenderer
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.validation import validate_common
 
 
 def dataset_cfg(**overrides):

@@ -33,17 +33,18 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli import distributed, launch
-from tic_grpo_cli.collect import PromptSampler, collect_rollout, gather_rollout
-from tic_grpo_cli.config import ConfigError, register_configs
+from tic_grpo_cli.config.schema import ConfigError, register_configs
+from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
-from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import TINY_DIR, load_model_and_tokenizer
-from tic_grpo_cli.observe import read_jsonl
-from tic_grpo_cli.rollout import Generation, Rollout
-from tic_grpo_cli.update import policy_update
-from tic_grpo_cli.validation import validate_train
+from tic_grpo_cli.runs import policy_checkpoint
+from tic_grpo_cli.runs.files import read_jsonl
+from tic_grpo_cli.runtime import distributed, launch
+from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.sampling import Generation
+from tic_grpo_cli.train.rollout import PromptSampler, Rollout, collect_rollout, gather_rollout
+from tic_grpo_cli.train.update import policy_update
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -172,7 +173,9 @@ def _worker(rank: int, port: int, configs: dict, rollout: Rollout, out_dir: str)
         rows, params, (model, tokenizer, optimizer) = run_update(cfg, part, dist)
         results[name] = (rows, params)
         if name == "fsdp-tic":  # a sharded checkpoint, read back by one process in the test
-            dist.save_checkpoint(Path(out_dir), 4, model, tokenizer, optimizer, {"step": 4}, 1)
+            policy_checkpoint.save_checkpoint(
+                dist, Path(out_dir), 4, model, tokenizer, optimizer, {"step": 4}, 1
+            )
     # The other collectives: statistics reduce by their key's suffix.
     stats = {"a_max": float(rank), "b_min": float(rank), "c": float(rank), "d/max": -float(rank)}
     results["stats"] = dist.average_stats(stats)
@@ -262,11 +265,11 @@ def test_gathered_rollout_is_the_global_batch_in_order(two_ranks):
 def test_fsdp_checkpoint_is_a_plain_model_and_reloads_on_one_process(two_ranks):
     from transformers import AutoModelForCausalLM
 
-    from tic_grpo_cli import checkpoint as ckpt
+    from tic_grpo_cli.runs import checkpoint as ckpt
 
     single, _, _, out = two_ranks
     path = ckpt.resolve_checkpoint(out)
-    assert (path / distributed.OPTIMIZER_DIR / ".metadata").is_file()
+    assert (path / policy_checkpoint.OPTIMIZER_DIR / ".metadata").is_file()
     _, want_params, (_, _, want_optimizer) = single["fsdp-tic"]
     exported = dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
     for key, value in want_params.items():
@@ -274,7 +277,7 @@ def test_fsdp_checkpoint_is_a_plain_model_and_reloads_on_one_process(two_ranks):
     model = AutoModelForCausalLM.from_pretrained(path)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     saved = ckpt.load_trainer_state(path)
-    distributed.SINGLE.load_optimizer(model, optimizer, saved, path)
+    policy_checkpoint.load_optimizer(distributed.SINGLE, model, optimizer, saved, path)
     got, want = optimizer.state_dict()["state"], want_optimizer.state_dict()["state"]
     assert set(got) == set(want)
     for i in want:

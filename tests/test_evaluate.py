@@ -16,13 +16,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli import rollout
-from tic_grpo_cli.config import ConfigError, register_configs
+from tic_grpo_cli import sampling as rollout
+from tic_grpo_cli.config.schema import ConfigError, register_configs
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning, select_examples
-from tic_grpo_cli.eval_report import print_table
-from tic_grpo_cli.evaluate import evaluate, record_in_run
-from tic_grpo_cli.metrics import majority_vote, pass_at_k, pass_ks, summarize
+from tic_grpo_cli.evaluation.evaluate import evaluate, record_in_run
+from tic_grpo_cli.evaluation.metrics import majority_vote, pass_at_k, pass_ks, summarize
+from tic_grpo_cli.evaluation.model_eval import evaluate_model, length_limit_warning, select_examples
+from tic_grpo_cli.evaluation.report import print_table
 
 TINY = Path(__file__).resolve().parents[1] / "tic_grpo_cli" / "assets" / "tiny" / "config.json"
 
@@ -106,7 +106,7 @@ def test_majority_votes_on_normalised_answers(scorer, answer, completions):
     split the three and elect the wrong one)."""
     from omegaconf import OmegaConf
 
-    from tic_grpo_cli.config import RewardConfig
+    from tic_grpo_cli.config.schema import RewardConfig
     from tic_grpo_cli.data.rewards import Rewarder
 
     rewarder = Rewarder(OmegaConf.structured(RewardConfig(scorer=scorer)), "auto")
@@ -476,7 +476,7 @@ def test_console_script_reports_a_missing_checkpoint_in_one_line(tmp_path):
 
 
 def test_evaluation_during_training_warns_once_naming_the_trainer_key(tmp_path, caplog):
-    from tic_grpo_cli.train import train
+    from tic_grpo_cli.train.loop import train
 
     # One token per completion: no arithmetic answer ends in time. Evaluations at 0, 1, 2.
     cfg = compose_eval(
@@ -492,7 +492,7 @@ def test_evaluation_during_training_warns_once_naming_the_trainer_key(tmp_path, 
 
 
 def test_a_run_with_one_checkpoint_says_how_to_get_a_curve(tmp_path, caplog):
-    from tic_grpo_cli.eval_targets import resolve_targets
+    from tic_grpo_cli.evaluation.targets import resolve_targets
 
     run = tmp_path / "run"
     _save_checkpoint(run / "checkpoints" / "step_60", 60, _char_tokenizer())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.config.schema import register_configs
 from tic_grpo_cli.data import build_task
 
 ROOT = Path(__file__).resolve().parents[1]

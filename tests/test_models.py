@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import HardwareConfig, LoraConfig, ModelConfig
+from tic_grpo_cli.config.schema import HardwareConfig, LoraConfig, ModelConfig
 from tic_grpo_cli.data.arithmetic import generate
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import (

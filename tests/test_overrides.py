@@ -14,10 +14,10 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli import overrides
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.config import overrides
+from tic_grpo_cli.config.schema import register_configs
+from tic_grpo_cli.config.validation import validate_eval, validate_train
 from tic_grpo_cli.errors import UserError, suggest
-from tic_grpo_cli.validation import validate_eval, validate_train
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,7 @@ def test_unknown_keys_name_the_closest_valid_ones(override, expected):
 
 
 def test_every_synonym_names_a_real_key():
-    from tic_grpo_cli.overrides import SYNONYMS
+    from tic_grpo_cli.config.overrides import SYNONYMS
 
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
         keys = overrides._all_keys(compose("train"))

@@ -19,9 +19,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from rich.console import Console
 
-from tic_grpo_cli import observe, progress
-from tic_grpo_cli.config import register_configs
-from tic_grpo_cli.progress import TrainProgress, format_duration
+from tic_grpo_cli.config.schema import register_configs
+from tic_grpo_cli.runtime import console as terminal
+from tic_grpo_cli.train import progress
+from tic_grpo_cli.train.progress import TrainProgress, format_duration
 
 
 class FakeClock:
@@ -99,10 +100,10 @@ def test_no_live_bar_off_a_terminal_or_in_a_launcher_worker(monkeypatch):
 def test_on_a_terminal_the_bar_shows_the_figures_below_the_log_lines(monkeypatch):
     out = io.StringIO()
     term = Console(file=out, force_terminal=True, width=140, color_system=None)
-    monkeypatch.setattr(observe, "console", lambda: term)
+    monkeypatch.setattr(terminal, "console", lambda: term)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     # Log records go through the bar's console, so rich prints them above the bar.
-    assert observe.console_handler().console is term
+    assert terminal.console_handler().console is term
     with TrainProgress(40, live=True) as bar:
         bar.update(10, reward=0.5, eval_accuracy=0.25, tokens_per_s=800)
         term.print("a log line")
@@ -115,7 +116,7 @@ def test_on_a_terminal_the_bar_shows_the_figures_below_the_log_lines(monkeypatch
 
 
 def test_training_off_a_terminal_beats_at_every_log_every(tmp_path, caplog):
-    from tic_grpo_cli.train import train
+    from tic_grpo_cli.train.loop import train
 
     register_configs()
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
@@ -163,7 +164,7 @@ def test_a_real_terminal_shows_the_bar(tmp_path):
 def test_a_narrow_terminal_keeps_step_bar_and_eta(monkeypatch, width, shown, dropped):
     """At 80 columns the bar used to end `step  9… ━━╸ reward 0.258 | ... | ETA 0:0…`."""
     term = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
-    monkeypatch.setattr(observe, "console", lambda: term)
+    monkeypatch.setattr(terminal, "console", lambda: term)
     with TrainProgress(60, live=True) as bar:
         bar.update(9, reward=0.258, eval_accuracy=0.334, tokens_per_s=1352)
         drawn = Console(file=io.StringIO(), width=width, color_system=None)

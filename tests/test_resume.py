@@ -18,8 +18,8 @@ from test_train import SMALL, make_cfg
 
 from tic_grpo_cli.cli import main
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.observe import read_jsonl
-from tic_grpo_cli.train import train
+from tic_grpo_cli.runs.files import read_jsonl
+from tic_grpo_cli.train.loop import train
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 SHORT = ["trainer.max_steps=4", "trainer.save_every=2", "trainer.eval_every=0"]
@@ -158,7 +158,7 @@ def test_eval_of_all_checkpoints_draws_a_curve_of_the_kept_ones(tmp_path):
                    "trainer.keep_every=4"), tmp_path / "run")  # fmt: skip
     from test_evaluate import compose_eval
 
-    from tic_grpo_cli.evaluate import evaluate
+    from tic_grpo_cli.evaluation.evaluate import evaluate
 
     cfg = compose_eval(f"checkpoint.path={tmp_path / 'run'}", "checkpoint.all=true", "eval.limit=2")
     results = evaluate(cfg, tmp_path / "eval")
@@ -188,7 +188,7 @@ def test_printed_commands_call_the_program_the_way_that_works(tmp_path, monkeypa
 def test_cfg_job_shows_a_resumed_runs_config(tmp_path):
     """`--cfg job resume=<run>` ended in argparse's "unrecognized arguments": the run's saved
     overrides came before the flag and the given ones after it."""
-    from tic_grpo_cli.resume import resume_argv
+    from tic_grpo_cli.config.resume_argv import resume_argv
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from tic_grpo_cli.rollout import (
+from tic_grpo_cli.sampling import (
     completion_logprobs,
     eos_token_ids,
     generate,

@@ -19,9 +19,9 @@ from tic_grpo_cli.algorithms import (
     correction_weights,
     mismatch_stats,
 )
-from tic_grpo_cli.config import ConfigError
-from tic_grpo_cli.update import policy_update
-from tic_grpo_cli.validation import validate_train
+from tic_grpo_cli.config.schema import ConfigError
+from tic_grpo_cli.config.validation import validate_train
+from tic_grpo_cli.train.update import policy_update
 
 # d per token; None is padding. Sums: 0.8, 0.7, -1.25.
 D = [[0.1, -0.2, 0.9, None], [0.3, 0.4, None, None], [-1.0, -0.3, 0.0, 0.05]]

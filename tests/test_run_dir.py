@@ -16,10 +16,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.config.schema import register_configs
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.observe import read_jsonl
-from tic_grpo_cli.run_dir import LOCK_FILE, RunLock, register_resolvers
+from tic_grpo_cli.runs.files import read_jsonl
+from tic_grpo_cli.runs.run_dir import LOCK_FILE, RunLock, register_resolvers
 
 TINY_RUN = [
     "trainer.max_steps=2", "trainer.rollout_batch_size=4", "trainer.group_size=4",
@@ -29,7 +29,7 @@ TINY_RUN = [
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 HOLD = """
 import sys, time
-from tic_grpo_cli.run_dir import RunLock
+from tic_grpo_cli.runs.run_dir import RunLock
 RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

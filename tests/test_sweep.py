@@ -20,11 +20,11 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tic_grpo_cli import sweep
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.config.schema import register_configs
+from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.sweep_stats import describe, t_quantile_975
-from tic_grpo_cli.validation import validate_train
+from tic_grpo_cli.sweep import summary as sweep
+from tic_grpo_cli.sweep.stats import describe, t_quantile_975
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T2, T1 = 4.302653, 12.706205  # t(0.975, df) for df = 2 and 1, from printed tables
@@ -224,7 +224,7 @@ def test_callback_summarises_the_sweep_dir(hand_made_sweep):
 
 def test_module_import_stays_light():
     code = (
-        "import sys, tic_grpo_cli.sweep, tic_grpo_cli.sweep_jobs, tic_grpo_cli.sweep_report; "
+        "import sys, tic_grpo_cli.sweep.summary, tic_grpo_cli.sweep.jobs, tic_grpo_cli.sweep.report; "
         "print(sorted(m for m in ('torch', 'matplotlib', 'rich') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -302,7 +302,7 @@ def test_optuna_example_composes():
 
 @pytest.fixture
 def stand_in_trainer(monkeypatch):
-    """Replaces tic_grpo_cli.train in this process: tic with seed 1 fails, others finish."""
+    """Replaces tic_grpo_cli.train.loop in this process: tic with seed 1 fails, others finish."""
     calls: list[str] = []
 
     def train(cfg, run_dir):
@@ -316,9 +316,9 @@ def stand_in_trainer(monkeypatch):
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    module = types.ModuleType("tic_grpo_cli.train")
+    module = types.ModuleType("tic_grpo_cli.train.loop")
     module.train = train
-    monkeypatch.setitem(sys.modules, "tic_grpo_cli.train", module)
+    monkeypatch.setitem(sys.modules, "tic_grpo_cli.train.loop", module)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     return calls
 
@@ -363,7 +363,7 @@ def test_an_interrupted_job_stops_the_whole_sweep(tmp_path, stand_in_trainer, ca
     from tic_grpo_cli.cli import main
     from tic_grpo_cli.errors import Interrupted
 
-    module = sys.modules["tic_grpo_cli.train"]
+    module = sys.modules["tic_grpo_cli.train.loop"]
     finishing = module.train
 
     def train(cfg, run_dir):
@@ -409,7 +409,7 @@ def tic_grpo_command() -> list[str]:
 def test_real_two_by_two_sweep(tmp_path):
     """Four short real training jobs through the console script: about a minute on 2 cores."""
     try:
-        import tic_grpo_cli.train  # noqa: F401
+        import tic_grpo_cli.train.loop  # noqa: F401
     except ImportError as err:
         pytest.skip(f"trainer not available: {err}")
     if not (Path(sweep.__file__).parent / "assets" / "tiny" / "config.json").exists():
@@ -450,7 +450,7 @@ def test_real_two_by_two_sweep(tmp_path):
 def test_common_overrides_leave_out_an_algorithm_the_jobs_replaced():
     """The chain study pins algorithm=tic and each +arm sets its own: the summary's
     "Common overrides" said algorithm=tic above rows that ran grpo."""
-    from tic_grpo_cli.sweep_jobs import Job, group_jobs
+    from tic_grpo_cli.sweep.jobs import Job, group_jobs
 
     def job(arm, ran):
         overrides = {"algorithm": "tic", "arm": arm, "dataset": "chain", "seed": "0"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tic_grpo_cli import threads
+from tic_grpo_cli.runtime import threads
 
 
 @pytest.fixture(autouse=True)

@@ -15,12 +15,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli.config.schema import register_configs
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import load_model_and_tokenizer
-from tic_grpo_cli.observe import read_jsonl
-from tic_grpo_cli.train import collect_rollout, policy_update, train
+from tic_grpo_cli.runs.files import read_jsonl
+from tic_grpo_cli.train.loop import collect_rollout, policy_update, train
 
 SMALL = [
     "trainer.max_steps=8",
@@ -216,7 +216,7 @@ def test_grpo_no_is_applies_gradients_taken_at_theta_old():
 def test_lr_schedules(schedule, warmup, expected):
     from omegaconf import OmegaConf
 
-    from tic_grpo_cli.train import lr_lambda
+    from tic_grpo_cli.train.loop import lr_lambda
 
     tr = OmegaConf.create(
         {"warmup_steps": warmup, "max_steps": 10, "lr_schedule": schedule, "decay_fraction": 0.4}
@@ -226,7 +226,7 @@ def test_lr_schedules(schedule, warmup, expected):
 
 @pytest.mark.parametrize("lr", [0.0, 0.5])
 def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch):
-    from tic_grpo_cli import update as train_module
+    from tic_grpo_cli.train import update as train_module
 
     # K = 4 / 1 = 4 minibatches of 4 rows, micro-batches of 3: chunks of 3 + 1 rows.
     cfg = make_cfg("algorithm=grpo", "trainer.minibatch_size=1", "trainer.micro_batch_size=3")
@@ -254,7 +254,7 @@ def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch
 
 
 def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
-    from tic_grpo_cli import update as train_module
+    from tic_grpo_cli.train import update as train_module
 
     cfg = make_cfg("algorithm=grpo", "trainer.old_logprobs=sampler")
     model, rollout, generator = small_rollout(cfg)
@@ -274,7 +274,7 @@ def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
 
 
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
-    import tic_grpo_cli.update as train_module
+    import tic_grpo_cli.train.update as train_module
 
     real = train_module.compute_policy_loss
 

@@ -19,11 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tic_grpo_cli import errors, overrides
-from tic_grpo_cli.config import register_configs
+from tic_grpo_cli import errors
+from tic_grpo_cli.config import overrides
+from tic_grpo_cli.config.schema import register_configs
+from tic_grpo_cli.config.validation import validate_eval, validate_train
 from tic_grpo_cli.errors import Interrupted, UserError, did_you_mean, program, suggest
-from tic_grpo_cli.run_dir import register_resolvers
-from tic_grpo_cli.validation import validate_eval, validate_train
+from tic_grpo_cli.runs.run_dir import register_resolvers
 
 CONFIG_PATH = "pkg://tic_grpo_cli.conf"
 SUBCOMMANDS = {
@@ -85,8 +86,9 @@ def _run_training_job(cfg: DictConfig) -> dict[str, Any] | None:
     """Run one training job. In a multirun a failed job is recorded, not fatal to the others,
     and a job that already finished (its summary.json exists) is skipped."""
     _guarded(lambda: validate_train(cfg))  # before torch, models or data load
-    from tic_grpo_cli import launch, sweep
-    from tic_grpo_cli.train import train
+    from tic_grpo_cli.runtime import launch
+    from tic_grpo_cli.sweep import summary as sweep
+    from tic_grpo_cli.train.loop import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run = partial(train, cfg, run_dir)
@@ -149,7 +151,7 @@ def train_app(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sweep")
 def sweep_app(cfg: DictConfig) -> float | None:
     if cfg.aggregate:
-        from tic_grpo_cli.sweep import summarize
+        from tic_grpo_cli.sweep.summary import summarize
 
         _guarded(lambda: summarize(Path(cfg.aggregate), threshold=cfg.sweep.threshold))
         return None
@@ -160,7 +162,7 @@ def sweep_app(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def eval_app(cfg: DictConfig) -> None:
     _guarded(lambda: validate_eval(cfg))
-    from tic_grpo_cli.evaluate import evaluate
+    from tic_grpo_cli.evaluation.evaluate import evaluate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _guarded(lambda: evaluate(cfg, run_dir))
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if command == "train" and any(a.startswith("resume=") for a in rest):
-        from tic_grpo_cli.resume import resume_argv
+        from tic_grpo_cli.config.resume_argv import resume_argv
 
         rest = resume_argv(rest)  # the run's own overrides and dir
     if command == "analyze":
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return analyze_main(rest)
     if command == "score":
-        from tic_grpo_cli.score import main as score_main
+        from tic_grpo_cli.evaluation.score import main as score_main
 
         return score_main(rest)
     apps = {
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if command != "sweep":
         app()
         return 0
-    from tic_grpo_cli.sweep import UNFINISHED_JOBS
+    from tic_grpo_cli.sweep.summary import UNFINISHED_JOBS
 
     UNFINISHED_JOBS.clear()
     app()

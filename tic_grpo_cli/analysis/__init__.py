@@ -19,7 +19,7 @@ ANALYSES = {  # subcommand -> (module, one-line description)
         "the same exact bias as the completion length T grows",
     ),
     "chain-study": (
-        "tic_grpo_cli.analysis.chain_study",
+        "tic_grpo_cli.analysis.studies.chain",
         "tables and plots of the chain study's sweeps (docs/results/chain_study)",
     ),
 }

@@ -9,7 +9,7 @@ seed at the arm's chosen rate, scored on the test split), and ``<dir>/supplement
 is one (an arm at another rate: the same sweep with ``trainer.lr=...`` and
 ``hydra.sweep.dir=<dir>/supplement``, reported in a table of its own). ``--dir`` may also be
 a sweep dir of one's own (``hydra.sweep.dir=DIR``, jobs right below it). Each finished job has
-.hydra/overrides.yaml, summary.json and study.json (`tic_grpo_cli.study`). Writes
+.hydra/overrides.yaml, summary.json and study.json (`tic_grpo_cli.analysis.studies.record`). Writes
 ``<dir>/report.md``, ``<dir>/cells.csv`` and two plots, and prints the report. Whatever has
 finished is reported; a cell with fewer seeds than planned says so.
 """
@@ -25,9 +25,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli import study
-from tic_grpo_cli.sweep_jobs import find_jobs
-from tic_grpo_cli.sweep_stats import describe
+from tic_grpo_cli.analysis.studies import record as study
+from tic_grpo_cli.sweep.jobs import find_jobs
+from tic_grpo_cli.sweep.stats import describe
 
 DEFAULT_DIR = Path("docs/results/chain_study")
 # Under DEFAULT_DIR: the study's jobs, and jobs of an arm at a rate other than its chosen one
@@ -357,7 +357,7 @@ def report(
         writer.writerows(rows + extra)
         (root / "cells.csv").write_text(buf.getvalue(), encoding="utf-8")
     if runs:
-        from tic_grpo_cli.analysis import chain_study_plots as plots  # matplotlib: on demand
+        from tic_grpo_cli.analysis.studies import chain_plots as plots  # matplotlib: on demand
 
         img_dir.mkdir(parents=True, exist_ok=True)
         plots.plot_curves(runs, img_dir / "chain_study_curves.png")

@@ -1,5 +1,5 @@
-"""Batched sampling with a KV cache, the log-probs of given completions, and the record of a
-scored rollout (`Rollout`).
+"""Batched sampling with a KV cache (`generate` -> `Generation`) and the log-probs of given
+completions (`completion_logprobs`): the two ways the policy meets tokens.
 
 `generate` is the hot path of an RL step, so it is a bare loop: one prefill, then one
 forward per new token on a pre-allocated KV cache; no logits processors, no stopping-criteria
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -42,18 +42,6 @@ class Generation:
     # The sampling temperature (0: greedy). Scoring these completions for a ratio must use
     # the same one: `completion_logprobs(..., temperature=gen.temperature)`.
     temperature: float = 1.0
-
-
-@dataclass
-class Rollout:
-    """A scored batch: G completions per prompt, their rewards and group advantages."""
-
-    gen: Generation
-    examples: list[dict[str, Any]]
-    rewards: Tensor  # [N*G]
-    advantages: Tensor  # [N*G]
-    correct: Tensor  # [N*G] bool
-    terms: dict[str, list[float]]
 
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:

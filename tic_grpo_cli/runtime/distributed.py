@@ -22,25 +22,19 @@ method returns its input: the single-process path runs the code it always ran.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tic_grpo_cli import checkpoint as ckpt
 from tic_grpo_cli.errors import UserError
 
 log = logging.getLogger("tic_grpo")
 
 # Gradients are all-reduced in flat buckets of this many elements: few calls, bounded memory.
 BUCKET_NUMEL = 1 << 25
-# Under FSDP, a checkpoint's optimizer state is saved sharded (torch.distributed.checkpoint).
-OPTIMIZER_DIR = "optimizer"
 # Stats reduced by max (or min) over ranks rather than averaged, as update.merge_stats does.
 EXTREMES = ("_max", "/max", "_min", "/min")
 
@@ -209,86 +203,6 @@ class Dist:
                 unit.set_reshard_after_forward(unit is not model, recurse=False)
                 unit.reshard()
 
-    # ---------------------------------------------------------------- checkpoints
-
-    def save_checkpoint(
-        self, run_dir: Path, step: int, model, tokenizer, optimizer, state: dict[str, Any],
-        keep_last: int, keep_every: int = 0, files: dict[str, str] | None = None,
-    ) -> Path:  # fmt: skip
-        """Rank 0 writes `checkpoints/step_<step>` (checkpoint.save_checkpoint: atomic, with
-        `files` beside the model; pruned by keep_last/keep_every) and every rank returns its
-        path. The model is always a plain save_pretrained export.
-        The optimizer state goes into trainer_state.pt, except under FSDP, where each rank
-        writes its shard into `optimizer/` (readable again on any number of ranks)."""
-        from tic_grpo_cli.models import export_model
-
-        if self.mode != "fsdp":
-            path = None
-            if self.is_main:
-                path = ckpt.save_checkpoint(
-                    run_dir, step, lambda d: export_model(model, tokenizer, d),
-                    {**state, "optimizer": optimizer.state_dict()}, keep_last, keep_every, files,
-                )  # fmt: skip
-            return Path(self.broadcast_object(str(path)))
-        full, staging = self._write_sharded_optimizer(run_dir, step, model, optimizer)
-
-        def write(out: Path) -> None:
-            model.save_pretrained(out, state_dict=full)
-            tokenizer.save_pretrained(out)
-            os.replace(staging, out / OPTIMIZER_DIR)
-
-        path = None
-        if self.is_main:
-            path = ckpt.save_checkpoint(run_dir, step, write, state, keep_last, keep_every, files)
-        return Path(self.broadcast_object(str(path)))
-
-    def _write_sharded_optimizer(self, run_dir: Path, step: int, model, optimizer):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
-        # Collective: every rank hands in its shards; rank 0 receives the whole model on CPU.
-        full = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        staging = Path(run_dir) / "checkpoints" / f".step_{step}.{OPTIMIZER_DIR}"
-        if self.is_main:
-            shutil.rmtree(staging, ignore_errors=True)  # left by a save that failed
-        self.barrier()
-        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=staging)
-        self.barrier()
-        return full, staging
-
-    def load_optimizer(self, model, optimizer, saved: dict[str, Any], source: Path) -> None:
-        """Restore the optimizer from a checkpoint written by any mode and world size."""
-        if "optimizer" in saved and self.mode != "fsdp":
-            optimizer.load_state_dict(saved["optimizer"])
-            return
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        if "optimizer" in saved:  # a whole state from a DDP / single-process run, into shards
-            state = _keyed_by_name(saved["optimizer"], model)
-            options = StateDictOptions(full_state_dict=True)
-        else:
-            import torch.distributed.checkpoint as dcp
-
-            sharded = Path(source) / OPTIMIZER_DIR
-            if not sharded.is_dir():
-                raise UserError(f"{source} has no optimizer state ({OPTIMIZER_DIR}/ is missing)")
-            # The current layout is the template: DCP reshards the saved state into it.
-            state = get_optimizer_state_dict(model, optimizer)
-            box = {"optimizer": state}
-            dcp.load(box, checkpoint_id=sharded, no_dist=not self.active)
-            state, options = box["optimizer"], None
-        set_optimizer_state_dict(model, optimizer, state, options=options)
-
 
 # The handle of a single-process run: every collective is the identity.
 SINGLE = Dist()
@@ -306,14 +220,3 @@ def _buckets(tensors: list[torch.Tensor], numel: int) -> Iterator[list[torch.Ten
         size += t.numel()
     if bucket:
         yield bucket
-
-
-def _keyed_by_name(state: dict[str, Any], model) -> dict[str, Any]:
-    """optimizer.state_dict() keys parameters by position in the optimizer's list (here the
-    trainable parameters in model order); the distributed state-dict API keys them by name."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    return {
-        "state": {names[i]: value for i, value in state["state"].items()},
-        "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
-                         for g in state["param_groups"]],
-    }  # fmt: skip

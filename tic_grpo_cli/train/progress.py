@@ -2,7 +2,7 @@
 
 On a terminal the bar shows step / total, the latest train reward, the latest eval accuracy,
 tokens/s, elapsed time and ETA; log lines and sample tables print above it because the log
-handler and the bar share one rich Console (`observe.console()`). Off a terminal (CI, a log
+handler and the bar share one rich Console (`runtime.console.console()`). Off a terminal (CI, a log
 file, a sweep's worker process) the same facts go out as one `progress:` log line at least
 every `heartbeat_s` seconds, from a timer thread so a long evaluation or checkpoint cannot
 silence it, and whenever the loop asks (`beat()`, at every `trainer.log_every`).
@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from tic_grpo_cli.runtime import console as terminal
 
 log = logging.getLogger("tic_grpo")
 
@@ -193,9 +195,7 @@ class TrainProgress:
             TimeRemainingColumn,
         )
 
-        from tic_grpo_cli.observe import console
-
-        term = console()
+        term = terminal.console()
         bar_width, with_elapsed = self._fit(term.width)
         elapsed = [TextColumn("| elapsed"), TimeElapsedColumn()] if with_elapsed else []
         self._bar = Progress(
@@ -215,3 +215,50 @@ class TrainProgress:
             "train", total=self.total, completed=self.step, facts=self._facts_text()
         )
         self._bar.start()
+
+
+# Shown on the console, in this order, when present in a row.
+CONSOLE_KEYS = (
+    ("reward/mean", "reward", "{:.3f}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("eval/accuracy", "eval_acc", "{:.3f}"),
+    ("clip_fraction", "clip", "{:.3f}"),
+    ("ratio/max", "ratio_max", "{:.3f}"),
+    ("loss", "loss", "{:+.4f}"),
+    ("grad_norm", "gnorm", "{:.3f}"),
+    ("completion_length/mean", "len", "{:.1f}"),
+    ("throughput/tokens_per_s", "tok/s", "{:.0f}"),
+)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    parts = [f"step {row['step']}"]
+    for key, label, fmt in CONSOLE_KEYS:
+        if key in row and row[key] is not None:
+            parts.append(f"{label} {fmt.format(row[key])}")
+    return " | ".join(parts)
+
+
+def print_samples(samples: list[dict[str, Any]], step: int) -> None:
+    """A few completions as a table on a terminal, as lines otherwise."""
+    if not sys.stdout.isatty():
+        for s in samples:
+            log.info(
+                "sample step %d | %r -> %r | reward %.2f adv %+.2f",
+                step,
+                s["prompt"][-60:],
+                s["completion"][:60],
+                s["reward"],
+                s["advantage"],
+            )
+        return
+    from rich.table import Table
+
+    table = Table(title=f"samples at step {step}")
+    for column in ("prompt", "completion", "reward", "advantage"):
+        table.add_column(column)
+    for s in samples:
+        table.add_row(
+            s["prompt"][-60:], s["completion"][:60], f"{s['reward']:.2f}", f"{s['advantage']:+.2f}"
+        )
+    terminal.console().print(table)

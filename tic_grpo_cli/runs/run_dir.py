@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tic_grpo_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from tic_grpo_cli.distributed import Dist
+    from tic_grpo_cli.runtime.distributed import Dist
 
 log = logging.getLogger("tic_grpo")
 

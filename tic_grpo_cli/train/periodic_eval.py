@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tic_grpo_cli import observe
-from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning
-from tic_grpo_cli.resume import TrainState
+from tic_grpo_cli.evaluation.model_eval import evaluate_model, length_limit_warning
+from tic_grpo_cli.runs.logger import RunLogger, plot_curves
+from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.train.state import TrainState
 
 log = logging.getLogger("tic_grpo")
 
@@ -30,7 +30,7 @@ class TrainEval:
         model,
         tokenizer,
         task,
-        logger: observe.RunLogger,
+        logger: RunLogger,
         dist: Dist,
         device: torch.device,
         run_dir: Path,
@@ -78,5 +78,5 @@ class TrainEval:
             state.best_eval,
         )
         if dist.is_main:
-            observe.plot_curves(self.logger.metrics_path, self.run_dir / "curves.png")
+            plot_curves(self.logger.metrics_path, self.run_dir / "curves.png")
         return state.last_eval

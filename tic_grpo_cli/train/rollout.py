@@ -8,17 +8,31 @@ reporting (`gather_rollout`); the rollout's metrics and the samples shown on the
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
 
-from tic_grpo_cli import distributed
 from tic_grpo_cli.algorithms import group_advantages
-from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.rollout import Generation, Rollout, generate
+from tic_grpo_cli.runtime import distributed
+from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.sampling import Generation, generate
+
+
+@dataclass
+class Rollout:
+    """A scored batch: G completions per prompt, their rewards and group advantages."""
+
+    gen: Generation
+    examples: list[dict[str, Any]]
+    rewards: Tensor  # [N*G]
+    advantages: Tensor  # [N*G]
+    correct: Tensor  # [N*G] bool
+    terms: dict[str, list[float]]
 
 
 class PromptSampler:

@@ -12,7 +12,6 @@ trainer also calls), show the results (`eval_report`) and write the eval run dir
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,13 +19,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tic_grpo_cli import observe
-from tic_grpo_cli.checkpoint import atomic_write_json, atomic_write_text
+from tic_grpo_cli.config.validation import validate_eval
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.eval_model import evaluate_model, length_limit_warning, split_examples
-from tic_grpo_cli.eval_report import format_metrics, plot_accuracy_vs_step, print_table, title_of
-from tic_grpo_cli.eval_targets import Target, checkpoint_model_config, resolve_targets
-from tic_grpo_cli.validation import validate_eval
+from tic_grpo_cli.evaluation.model_eval import evaluate_model, length_limit_warning, split_examples
+from tic_grpo_cli.evaluation.report import (
+    format_metrics,
+    plot_accuracy_vs_step,
+    print_table,
+    title_of,
+)
+from tic_grpo_cli.evaluation.targets import Target, checkpoint_model_config, resolve_targets
+from tic_grpo_cli.runs.files import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_jsonl,
+)
+from tic_grpo_cli.runs.logger import RunLogger
 
 log = logging.getLogger("tic_grpo")
 
@@ -44,14 +52,14 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     _warn_dataset_mismatch(cfg, targets[0].train_dir)
 
     from tic_grpo_cli.models import resolve_device, resolve_dtype
-    from tic_grpo_cli.threads import CpuThreads
+    from tic_grpo_cli.runtime.threads import CpuThreads
 
     task = _build_task(cfg, targets[0])
     CpuThreads(cfg.hardware.num_threads).start()
     device = resolve_device(cfg.hardware)
     dtype = resolve_dtype(cfg.model, cfg.hardware, device)
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger = observe.RunLogger(run_dir, cfg.wandb, config, None)
+    logger = RunLogger(run_dir, cfg.wandb, config, None)
     results: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
@@ -174,8 +182,7 @@ def _results(
 
 def _write_outputs(run_dir: Path, results: dict[str, Any], predictions: list[dict]) -> None:
     atomic_write_json(run_dir / "results.json", results)
-    lines = "".join(json.dumps(p) + "\n" for p in predictions)
-    atomic_write_text(run_dir / "predictions.jsonl", lines)
+    atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)
 
 
 def _setting(cfg: DictConfig) -> dict[str, Any]:
@@ -207,12 +214,12 @@ def record_in_run(
     new = {**row, "setting": setting, "checkpoint": checkpoint, "eval_dir": str(eval_dir)}
     rows = [
         r
-        for r in observe.read_jsonl(path)
+        for r in read_jsonl(path)
         if not (r.get("step") == row["step"] and r.get("setting") == setting)
     ]
     rows.append(new)
     rows.sort(key=lambda r: -1 if r.get("step") is None else r["step"])
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(path, rows)
     return path
 
 

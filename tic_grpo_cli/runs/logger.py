@@ -1,4 +1,4 @@
-"""Everything a run reports, in one place: console, metrics.jsonl, samples, curves, W&B.
+"""What a training run logs to disk and W&B: metrics.jsonl, samples.jsonl, curves.png.
 
 The same rows go to the local files and to W&B, so a user without an account sees the
 whole run in the run dir.
@@ -6,74 +6,17 @@ whole run in the run dir.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from tic_grpo_cli.runs.files import atomic_write, atomic_write_jsonl, read_jsonl
+
 log = logging.getLogger("tic_grpo")
-
-# Shown on the console, in this order, when present in a row.
-CONSOLE_KEYS = (
-    ("reward/mean", "reward", "{:.3f}"),
-    ("accuracy", "acc", "{:.3f}"),
-    ("eval/accuracy", "eval_acc", "{:.3f}"),
-    ("clip_fraction", "clip", "{:.3f}"),
-    ("ratio/max", "ratio_max", "{:.3f}"),
-    ("loss", "loss", "{:+.4f}"),
-    ("grad_norm", "gnorm", "{:.3f}"),
-    ("completion_length/mean", "len", "{:.1f}"),
-    ("throughput/tokens_per_s", "tok/s", "{:.0f}"),
-)
-
-
-@functools.cache
-def console() -> Any:
-    """The process's one rich Console on stdout: log lines, tables and the progress bar all
-    print through it, so a live bar stays below what is printed above it."""
-    from rich.console import Console
-
-    return Console()
-
-
-def console_handler() -> logging.Handler:
-    """Rich output on a terminal, plain lines otherwise (CI, pipes, files)."""
-    if sys.stdout.isatty():
-        from rich.logging import RichHandler
-
-        return RichHandler(console=console(), show_path=False, rich_tracebacks=False, markup=False)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"))
-    return handler
-
-
-def format_row(row: dict[str, Any]) -> str:
-    parts = [f"step {row['step']}"]
-    for key, label, fmt in CONSOLE_KEYS:
-        if key in row and row[key] is not None:
-            parts.append(f"{label} {fmt.format(row[key])}")
-    return " | ".join(parts)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            # A line cut short by a kill: everything before it is intact.
-            break
-    return rows
 
 
 class RunLogger:
@@ -121,13 +64,11 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint so the file reads as one run."""
-        from tic_grpo_cli.checkpoint import atomic_write_text
-
         if not self.enabled:
             return
         for path in (self.metrics_path, self.samples_path):
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_jsonl(path, rows)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -187,31 +128,6 @@ def _start_wandb(run_dir: Path, cfg: Any, config: dict[str, Any], resume_id: str
     )
 
 
-def print_samples(samples: list[dict[str, Any]], step: int) -> None:
-    """A few completions as a table on a terminal, as lines otherwise."""
-    if not sys.stdout.isatty():
-        for s in samples:
-            log.info(
-                "sample step %d | %r -> %r | reward %.2f adv %+.2f",
-                step,
-                s["prompt"][-60:],
-                s["completion"][:60],
-                s["reward"],
-                s["advantage"],
-            )
-        return
-    from rich.table import Table
-
-    table = Table(title=f"samples at step {step}")
-    for column in ("prompt", "completion", "reward", "advantage"):
-        table.add_column(column)
-    for s in samples:
-        table.add_row(
-            s["prompt"][-60:], s["completion"][:60], f"{s['reward']:.2f}", f"{s['advantage']:+.2f}"
-        )
-    console().print(table)
-
-
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
     """Train reward and eval accuracy against step, for a glance without W&B."""
     import matplotlib
@@ -234,7 +150,5 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, out_path)

@@ -14,16 +14,18 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from tic_grpo_cli import diagnostics, distributed
 from tic_grpo_cli.algorithms import (
     compute_policy_loss,
     correction_weights,
     default_aggregation,
+    diagnostics,
     kl_penalty,
     mismatch_stats,
 )
-from tic_grpo_cli.distributed import Dist
-from tic_grpo_cli.rollout import Generation, Rollout, completion_logprobs
+from tic_grpo_cli.runtime import distributed
+from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.sampling import Generation, completion_logprobs
+from tic_grpo_cli.train.rollout import Rollout
 
 
 def merge_stats(total: dict[str, float], stats: dict[str, float], weight: float) -> None:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.sweep_jobs import Job, atomic_write, finite_number, steps_to_threshold
-from tic_grpo_cli.sweep_stats import describe
+from tic_grpo_cli.runs.files import atomic_write
+from tic_grpo_cli.sweep.jobs import Job, finite_number, steps_to_threshold
+from tic_grpo_cli.sweep.stats import describe
 
 # (column stem, summary.json key, header, number format). steps_to_threshold comes from
 # metrics.jsonl because it depends on the threshold chosen at aggregation time.

@@ -9,33 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tic_grpo_cli.runs.files import atomic_write_text, read_jsonl
+
 # Overrides that do not change what is trained, so jobs differing only in them are seeds
 # of one configuration (the seed itself, bookkeeping, logging, thread counts).
 NOT_CONFIG_KEYS = ("seed", "resume", "aggregate", "sweep.", "wandb.", "hardware.num_threads")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same dir, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically (see atomic_write)."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -73,7 +58,7 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
         "type": type(err).__name__,
         "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
     }
-    write_text(run_dir / "error.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / "error.json", json.dumps(record, indent=2) + "\n")
 
 
 @dataclass
@@ -105,22 +90,6 @@ def finite_number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:  # a killed job may leave half a line
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
 def find_jobs(sweep_dir: Path) -> list[Job]:
     """Every job dir below sweep_dir (any depth: Hydra's subdir may contain slashes)."""
     jobs = []
@@ -133,7 +102,7 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
         job = Job(job_dir, _parse_overrides(lines), _status(job_dir))
         if job.status == "finished":
             job.summary = _read_json(job_dir / "summary.json") or {}
-            job.rows = _read_metrics(job_dir / "metrics.jsonl")
+            job.rows = [r for r in read_jsonl(job_dir / "metrics.jsonl") if "step" in r]
         elif job.status == "failed":
             err = _read_json(job_dir / "error.json") or {}
             job.error = f"{err.get('type', 'Error')}: {err.get('error', '')}".strip()

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.analysis.chain_study import final, reach
-from tic_grpo_cli.sweep_report import _band
-from tic_grpo_cli.sweep_stats import describe
+from tic_grpo_cli.analysis.studies.chain import final, reach
+from tic_grpo_cli.sweep.report import _band
+from tic_grpo_cli.sweep.stats import describe
 
 
 def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:

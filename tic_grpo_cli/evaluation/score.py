@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tic_grpo_cli.config import RewardConfig
+from tic_grpo_cli.config.schema import RewardConfig
+from tic_grpo_cli.config.validation import validate_reward
 from tic_grpo_cli.data.rewards import SCORER_NAMES, Rewarder, RewardResult
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.validation import validate_reward
+from tic_grpo_cli.runs.files import atomic_write_jsonl
 
 USAGE = """usage: tic-grpo score input=FILE.jsonl [scorer=auto|gsm8k|math|number|exact|countdown]
                       [output=FILE.jsonl] [reward.fn=mod:fn] [reward.fns=[mod:fn,...]]
@@ -176,15 +176,6 @@ def print_summary(metrics: dict[str, float], title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 100).print(table)
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Written to a temporary file and renamed: an interrupted run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def run(cfg: Any) -> dict[str, float]:
     """Score `cfg.input`, write `cfg.output` if given, print and return the summary."""
     source = Path(cfg.input)
@@ -196,7 +187,7 @@ def run(cfg: Any) -> dict[str, float]:
     _check_countdown_fields(rows, source, cfg.scorer)
     out, result = score_rows(rewarder, rows)
     if target is not None:
-        write_rows(target, out)
+        atomic_write_jsonl(target, out)
     metrics = summary(result, len(rows))
     print_summary(metrics, f"{source.name}: scorer={cfg.scorer}")
     if target is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from tic_grpo_cli.config import (
+from tic_grpo_cli.config.schema import (
     AGGREGATIONS,
     ALGORITHMS,
     ARITHMETIC_OPERATORS,

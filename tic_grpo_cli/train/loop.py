@@ -28,18 +28,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from tic_grpo_cli import checkpoint as ckpt
-from tic_grpo_cli import launch, observe, resume
-from tic_grpo_cli import run_dir as run_dirs
-from tic_grpo_cli.collect import (
-    PromptSampler,
-    collect_rollout,
-    gather_rollout,
-    pick_samples,
-    rollout_metrics,
-)
+from tic_grpo_cli.config.resume_argv import overrides_file
+from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
-from tic_grpo_cli.distributed import Dist
 from tic_grpo_cli.errors import Interrupted, UserError, program
 from tic_grpo_cli.models import (
     load_model_and_tokenizer,
@@ -47,12 +38,32 @@ from tic_grpo_cli.models import (
     resolve_device,
     resolve_dtype,
 )
-from tic_grpo_cli.progress import TrainProgress
-from tic_grpo_cli.resume import TrainState, rollout_seed
-from tic_grpo_cli.threads import CpuThreads
-from tic_grpo_cli.train_eval import TrainEval
-from tic_grpo_cli.update import policy_update
-from tic_grpo_cli.validation import validate_train
+from tic_grpo_cli.runs import checkpoint as ckpt
+from tic_grpo_cli.runs import run_dir as run_dirs
+from tic_grpo_cli.runs.files import atomic_write_json, read_jsonl
+from tic_grpo_cli.runs.logger import RunLogger
+from tic_grpo_cli.runs.policy_checkpoint import save_checkpoint
+from tic_grpo_cli.runtime import launch
+from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.runtime.threads import CpuThreads
+from tic_grpo_cli.train.periodic_eval import TrainEval
+from tic_grpo_cli.train.progress import TrainProgress, format_row, print_samples
+from tic_grpo_cli.train.rollout import (
+    PromptSampler,
+    collect_rollout,
+    gather_rollout,
+    pick_samples,
+    rollout_metrics,
+)
+from tic_grpo_cli.train.state import (
+    TrainState,
+    finished_summary,
+    restore,
+    rng_state,
+    rollout_seed,
+)
+from tic_grpo_cli.train.state import load as load_checkpoint_state
+from tic_grpo_cli.train.update import policy_update
 
 log = logging.getLogger("tic_grpo")
 
@@ -179,13 +190,13 @@ def save(
         **state.to_checkpoint(),
         "sampler": sampler.state(),
         "scheduler": policy.scheduler.state_dict(),
-        "rng": resume.rng_state(generator),
+        "rng": rng_state(generator),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    path = dist.save_checkpoint(
-        run_dir, state.step, policy.model, policy.tokenizer, policy.optimizer, trainer_state,
+    path = save_checkpoint(
+        dist, run_dir, state.step, policy.model, policy.tokenizer, policy.optimizer, trainer_state,
         keep_last=cfg.trainer.keep_last, keep_every=cfg.trainer.keep_every,
-        files=resume.overrides_file(),
+        files=overrides_file(),
     )  # fmt: skip
     log.info("checkpoint saved: %s", path)
     return path
@@ -196,7 +207,7 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 
 def report(
-    logger: observe.RunLogger, state: TrainState, rollout, step_rows: list[dict[str, Any]],
+    logger: RunLogger, state: TrainState, rollout, step_rows: list[dict[str, Any]],
     timing: dict[str, float], cfg: DictConfig, is_main: bool,
 ) -> int:  # fmt: skip
     """Log one metrics row per optimizer step of the rollout (its metrics, `timing` and the
@@ -220,11 +231,11 @@ def report(
         if state.step >= tr.max_steps:
             break
     if _crossed(before, state.step, tr.log_every):
-        log.info(observe.format_row({"step": state.step, **shared, **step_rows[-1]}))
+        log.info(format_row({"step": state.step, **shared, **step_rows[-1]}))
     if is_main and _crossed(before, state.step, tr.log_samples_every):
         samples = pick_samples(rollout)
         logger.log_samples(state.step, samples)
-        observe.print_samples(samples, state.step)
+        print_samples(samples, state.step)
     return tokens
 
 
@@ -244,12 +255,12 @@ def stop_if_diverged(tr: DictConfig, state: TrainState, run_dir: Path, logger) -
 
 def open_logger(
     cfg: DictConfig, run_dir: Path, dist: Dist, state: TrainState, source: Path | None
-) -> observe.RunLogger:
+) -> RunLogger:
     """The run's metrics.jsonl, samples.jsonl and W&B run (rank 0 only). Resumed from
     `source`: the same W&B run, the rows logged after the checkpoint's step dropped; a
     fresh run sets an earlier run's rows in the dir aside."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger = observe.RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
+    logger = RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
     state.wandb_id = logger.wandb_id
     if source:
         logger.truncate_after(state.step)
@@ -285,7 +296,7 @@ def summarize(
     the training time and throughput of the whole run (all its sessions)."""
     wall = state.wall_time_s
     k_minibatches = cfg.trainer.rollout_batch_size // cfg.trainer.minibatch_size
-    rewards = [r["reward/mean"] for r in observe.read_jsonl(metrics_path) if "reward/mean" in r]
+    rewards = [r["reward/mean"] for r in read_jsonl(metrics_path) if "reward/mean" in r]
     return {
         "final/eval_accuracy": final_eval,
         "best/eval_accuracy": state.best_eval,
@@ -315,8 +326,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     threads.start()
     seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.model, hw, device)
-    source, saved = resume.load(cfg, run_dir)
-    finished = resume.finished_summary(saved, source, tr.max_steps)
+    source, saved = load_checkpoint_state(cfg, run_dir)
+    finished = finished_summary(saved, source, tr.max_steps)
     if finished is not None:  # resuming a finished run would redo its last eval and save
         return finished
     # Data built with the tokenizer alone (for chat templates): its errors precede the model load.
@@ -328,7 +339,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sampler = PromptSampler(len(train_split), cfg.seed, **(saved or {}).get("sampler", {}))
     state = TrainState()
     if saved:
-        state = resume.restore(saved, source, policy, generator, dist)
+        state = restore(saved, source, policy, generator, dist)
     logger = open_logger(cfg, run_dir, dist, state, source)
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
@@ -394,7 +405,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     save(cfg, run_dir, dist, policy, state, sampler, generator)
     summary = summarize(cfg, state, final_eval, logger.metrics_path)
     if dist.is_main:
-        ckpt.atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / "summary.json", summary)
     logger.finish(summary)
     log.info(
         "done: eval accuracy %.3f (best %.3f), %d steps in %.0f s -> %s",

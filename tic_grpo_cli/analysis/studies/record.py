@@ -7,7 +7,7 @@ job); the study commits instead, per job, `study.json` with what its report need
   the sum of the rollout and update times up to that step (evaluation time left out, so the
   wall time to a threshold does not depend on how often the run evaluates);
 - ``reward``: the mean training reward of every rollout, ``[step, reward]``;
-- ``diag_by_k``: the trajectory-ratio diagnostics (`tic_grpo_cli.diagnostics`) and the
+- ``diag_by_k``: the trajectory-ratio diagnostics (`tic_grpo_cli.algorithms.diagnostics`) and the
   algorithm's own clip fraction at each inner step k = 1..K of a rollout, averaged over the
   rollouts of the run;
 - ``job``: the algorithm, learning rate, K, T and chain length, read from the job's config.
@@ -27,7 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tic_grpo_cli.observe import read_jsonl
+from tic_grpo_cli.runs.files import atomic_write_text, read_jsonl
 
 log = logging.getLogger("tic_grpo")
 RECORD = "study.json"
@@ -93,9 +93,7 @@ def record(run_dir: Path) -> Path | None:
     if config.is_file():
         data["job"] = job_facts(OmegaConf.to_container(OmegaConf.load(config), resolve=True))
     out = run_dir / RECORD
-    tmp = out.with_name(f".{RECORD}.tmp")
-    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(data) + "\n")
     return out
 
 

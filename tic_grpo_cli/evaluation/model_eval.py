@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.metrics import summarize
+from tic_grpo_cli.evaluation.metrics import summarize
 
 # Above this share of completions cut at the length limit, evaluation says so.
 CUT_WARNING_FRACTION = 0.5
@@ -123,7 +123,7 @@ def _sample_and_score(
     batch_size: int,
     sampling: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    from tic_grpo_cli.rollout import generate
+    from tic_grpo_cli.sampling import generate
 
     # Each prompt repeated n times in a row, as the trainer builds a group.
     examples = [example for _, example in chunk for _ in range(n)]
@@ -168,7 +168,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from tic_grpo_cli.observe import console
+    from tic_grpo_cli.runtime.console import console
 
     columns = ("evaluating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, console=console()) as bar:

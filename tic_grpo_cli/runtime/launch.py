@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from tic_grpo_cli.distributed import SINGLE, Dist
 from tic_grpo_cli.errors import UserError, program
+from tic_grpo_cli.runtime.distributed import SINGLE, Dist
 
 log = logging.getLogger("tic_grpo")
 

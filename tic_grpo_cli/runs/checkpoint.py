@@ -11,7 +11,6 @@ and trainer_state.pt counts (`list_checkpoints`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,39 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.runs.files import atomic_write_text, umask
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
 # save_pretrained writes one of these (sharded: an index plus shards).
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def missing_parts(path: Path) -> list[str]:
@@ -135,7 +108,7 @@ def save_checkpoint(
     final = root / f"step_{step}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}."))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; readable like any dir
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; readable like any dir
         write_model(tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
         for name, text in (files or {}).items():

@@ -22,14 +22,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.sweep_jobs import (
+from tic_grpo_cli.runs.files import atomic_write_text
+from tic_grpo_cli.sweep.jobs import (
     find_jobs,
     finished_summary,
     group_jobs,
     record_failure,
-    write_text,
 )
-from tic_grpo_cli.sweep_report import (
+from tic_grpo_cli.sweep.report import (
     Summary,
     config_row,
     csv_text,
@@ -58,8 +58,8 @@ def summarize(sweep_dir: Path, threshold: float = 0.5) -> list[dict[str, Any]]:
     groups, common = group_jobs(jobs)
     rows = [config_row(label, group, threshold) for label, group in groups.items()]
     s = Summary(sweep_dir, threshold, jobs, groups, common, rows)
-    write_text(sweep_dir / "summary.csv", csv_text(rows))
-    write_text(sweep_dir / "summary.md", markdown(s))
+    atomic_write_text(sweep_dir / "summary.csv", csv_text(rows))
+    atomic_write_text(sweep_dir / "summary.md", markdown(s))
     plot_curves(s, sweep_dir / "curves.png")
     print_table(s)
     log.info("sweep summary: %s", ", ".join(str(sweep_dir / name) for name in OUTPUTS))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, read_write
 
-from tic_grpo_cli.checkpoint import is_checkpoint, list_checkpoints, resolve_checkpoint
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.runs.checkpoint import is_checkpoint, list_checkpoints, resolve_checkpoint
 
 # Any of these next to config.json means `save_pretrained` wrote a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
