@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 
 def one_rollout(state: dict, batch) -> None:
+    from tic_grpo_cli.train.policy import Policy
     from tic_grpo_cli.train.rollout import collect_rollout
     from tic_grpo_cli.train.update import policy_update
 
@@ -31,7 +32,8 @@ def one_rollout(state: dict, batch) -> None:
     with record_function("collect_rollout"):
         rollout = collect_rollout(model, tokenizer, state["task"], batch, cfg, gen)
     with record_function("policy_update"):
-        policy_update(model, None, None, state["optimizer"], state["scheduler"], rollout, cfg, gen)
+        policy = Policy(model, tokenizer, state["optimizer"], state["scheduler"])
+        policy_update(policy, rollout, cfg, gen)
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     args.warmup, args.rollouts = 1, 2
 
-    from tic_grpo_cli.train import loop as train
+    from tic_grpo_cli.train.policy import lr_lambda
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer
@@ -60,7 +62,7 @@ def main() -> None:
         "gen": torch.Generator().manual_seed(0),
         "task": SimpleNamespace(score=score_examples),
         "optimizer": optimizer,
-        "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_lambda(tr)),
+        "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr)),
     }
     batches = [examples[i * args.prompts : (i + 1) * args.prompts] for i in range(3)]
     one_rollout(state, batches[0])  # warm-up

@@ -109,9 +109,9 @@ def finish(
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from tic_grpo_cli.train import loop as train
     from tic_grpo_cli.train import rollout as collect
     from tic_grpo_cli.train import update
+    from tic_grpo_cli.train.policy import Policy, lr_lambda
 
     cfg, model, tokenizer, examples = workload(args)
     tr = cfg.trainer
@@ -125,7 +125,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay,
         betas=(tr.adam_beta1, tr.adam_beta2),
     )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_lambda(tr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr))
     generator = torch.Generator().manual_seed(cfg.seed)
 
     rollouts, prompt_lens = [], []
@@ -138,7 +138,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         rollout = collect.collect_rollout(model, tokenizer, task, batch, cfg, generator)
         t1 = time.perf_counter()
         rows = update.policy_update(
-            model, None, None, optimizer, scheduler, rollout, cfg, generator
+            Policy(model, tokenizer, optimizer, scheduler), rollout, cfg, generator
         )
         t2 = time.perf_counter()
         assert len(rows) == args.k

@@ -43,6 +43,7 @@ from tic_grpo_cli.runs.files import read_jsonl
 from tic_grpo_cli.runtime import distributed, launch
 from tic_grpo_cli.runtime.distributed import Dist
 from tic_grpo_cli.sampling import Generation
+from tic_grpo_cli.train.policy import Policy
 from tic_grpo_cli.train.rollout import PromptSampler, Rollout, collect_rollout, gather_rollout
 from tic_grpo_cli.train.update import policy_update
 
@@ -155,7 +156,7 @@ def run_update(cfg, rollout: Rollout, dist: Dist):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tr.lr,
                                   betas=(tr.adam_beta1, tr.adam_beta2))  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    rows = policy_update(model, frozen, ref, optimizer, scheduler, rollout, cfg,
+    rows = policy_update(Policy(model, None, optimizer, scheduler, frozen, ref), rollout, cfg,
                          torch.Generator().manual_seed(0), dist)  # fmt: skip
     params = {n: getattr(p, "full_tensor", lambda p=p: p)().detach().clone()
               for n, p in model.named_parameters()}  # fmt: skip

@@ -21,6 +21,7 @@ from tic_grpo_cli.algorithms import (
 )
 from tic_grpo_cli.config.schema import ConfigError
 from tic_grpo_cli.config.validation import validate_train
+from tic_grpo_cli.train.policy import Policy
 from tic_grpo_cli.train.update import policy_update
 
 # d per token; None is padding. Sums: 0.8, 0.7, -1.25.
@@ -137,7 +138,9 @@ def test_temperature_07_sampler_and_trainer_agree_and_ratios_start_at_1():
     assert rollout.gen.temperature == 0.7
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    rows = policy_update(
+        Policy(model, None, optimizer, scheduler, None, None), rollout, cfg, generator
+    )
     assert rows[0]["ratio/max"] == 1.0 and rows[0]["ratio/mean"] == 1.0
     assert rows[0]["stats/ratio_min"] == 1.0
     # The KV-cache sampler and the training forward: float32 rounding, no more.
@@ -160,7 +163,9 @@ def first_step(cfg, rollout, model, generator):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = RecordingOptimizer(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    rows = policy_update(
+        Policy(model, None, optimizer, scheduler, None, None), rollout, cfg, generator
+    )
     model.load_state_dict(state)
     return rows, optimizer.applied[0]
 

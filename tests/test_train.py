@@ -20,7 +20,10 @@ from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.runs.files import read_jsonl
-from tic_grpo_cli.train.loop import collect_rollout, policy_update, train
+from tic_grpo_cli.train.loop import train
+from tic_grpo_cli.train.policy import Policy
+from tic_grpo_cli.train.rollout import collect_rollout
+from tic_grpo_cli.train.update import policy_update
 
 SMALL = [
     "trainer.max_steps=8",
@@ -187,7 +190,7 @@ def test_grpo_no_is_applies_gradients_taken_at_theta_old():
     frozen = copy.deepcopy(model)
     optimizer = RecordingOptimizer(model.parameters(), lr=0.5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    policy_update(model, frozen, None, optimizer, scheduler, rollout, cfg, generator)
+    policy_update(Policy(model, None, optimizer, scheduler, frozen, None), rollout, cfg, generator)
     assert len(optimizer.applied) == 2  # K = 4 prompts / 2 per minibatch
     second = torch.arange(8, 16)  # minibatch 2 = prompts 2, 3 = rows 8..15
     at_old = no_is_gradient(theta_old, rollout, second, cfg.trainer.max_completion_length)
@@ -216,7 +219,7 @@ def test_grpo_no_is_applies_gradients_taken_at_theta_old():
 def test_lr_schedules(schedule, warmup, expected):
     from omegaconf import OmegaConf
 
-    from tic_grpo_cli.train.loop import lr_lambda
+    from tic_grpo_cli.train.policy import lr_lambda
 
     tr = OmegaConf.create(
         {"warmup_steps": warmup, "max_steps": 10, "lr_schedule": schedule, "decay_fraction": 0.4}
@@ -242,7 +245,9 @@ def test_old_logprobs_are_theta_old_and_skip_the_first_minibatch(lr, monkeypatch
     monkeypatch.setattr(train_module, "batch_logprobs", counting)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    rows = policy_update(
+        Policy(model, None, optimizer, scheduler, None, None), rollout, cfg, generator
+    )
     # Minibatch 1 (rows 0..3) takes its old log-probs from its own training forward.
     assert no_grad_calls == [[4, 5, 6], [7], [8, 9, 10], [11], [12, 13, 14], [15]]
     assert rows[0]["ratio/max"] == 1.0 and rows[0]["ratio/mean"] == 1.0
@@ -267,7 +272,9 @@ def test_old_logprobs_from_the_sampler_skip_the_pass(monkeypatch):
     monkeypatch.setattr(train_module, "batch_logprobs", no_grad_forbidden)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    rows = policy_update(model, None, None, optimizer, scheduler, rollout, cfg, generator)
+    rows = policy_update(
+        Policy(model, None, optimizer, scheduler, None, None), rollout, cfg, generator
+    )
     # The KV-cache sampler and the training forward agree to float32 rounding, no better.
     assert rows[0]["mismatch/abs_logprob_diff_max"] < 1e-4
     assert all(abs(r["ratio/max"] - 1.0) < 1e-4 for r in rows)

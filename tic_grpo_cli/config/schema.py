@@ -182,6 +182,11 @@ class TrainerConfig:
     # sampler's numerics differ: ~1e-6 in float32 on the CPU, 0 under CPU bf16 autocast,
     # more with GPU bf16 kernels or another engine; logged as mismatch/*, docs/algorithms.md).
     old_logprobs: str = "recompute"
+    # Off-policy rollouts (train/staleness.py): each update trains the rollout generated this
+    # many rollouts earlier, sampled by a policy that many updates old (0: synchronous).
+    # old_logprobs then picks the ratio's anchor: sampler = the behaviour policy mu, recompute
+    # = the proximal policy (weights at the update's start; docs/algorithms.md).
+    staleness: int = 0
     # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
     generation_batch_size: int | None = None
     ppo_epochs: int = 1

@@ -193,6 +193,11 @@ def validate_train(cfg: DictConfig) -> None:
         f"must be in (0, 1], got {tr.decay_fraction}",
     )
     _one_of(tr.old_logprobs, ("recompute", "sampler"), "trainer.old_logprobs")
+    _check(
+        tr.staleness >= 0,
+        "trainer.staleness",
+        f"must be >= 0 (rollouts between sampling and training), got {tr.staleness}",
+    )
     _one_of(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
 
 

@@ -35,8 +35,17 @@ log = logging.getLogger("tic_grpo")
 
 # Gradients are all-reduced in flat buckets of this many elements: few calls, bounded memory.
 BUCKET_NUMEL = 1 << 25
-# Stats reduced by max (or min) over ranks rather than averaged, as update.merge_stats does.
-EXTREMES = ("_max", "/max", "_min", "/min")
+
+
+def reduction(key: str) -> str:
+    """How a metric combines over micro-batches and ranks, by its name: "max" for keys
+    ending in `_max` or `/max`, "min" for `_min` or `/min`, else "mean" (weighted as the
+    loss is). The one place this naming contract is written."""
+    if key.endswith(("_max", "/max")):
+        return "max"
+    if key.endswith(("_min", "/min")):
+        return "min"
+    return "mean"
 
 
 @dataclass(frozen=True)
@@ -86,15 +95,15 @@ class Dist:
         return bool(self.max(float(flag)))
 
     def average_stats(self, stats: dict[str, float]) -> dict[str, float]:
-        """Global values of per-rank stats: `*_max` keys take the max, `*_min` the min, the
-        rest (means weighted as the loss is) the average. Every rank must hold the same keys."""
+        """Global values of per-rank stats, each by its key's `reduction` (max, min, or the
+        average of means weighted as the loss is). Every rank must hold the same keys."""
         if not self.active:
             return stats
         keys = sorted(stats)  # the same order on every rank
-        means = [k for k in keys if not k.endswith(EXTREMES)]
-        extremes = [k for k in keys if k.endswith(EXTREMES)]
+        means = [k for k in keys if reduction(k) == "mean"]
+        extremes = [k for k in keys if reduction(k) != "mean"]
         # min(x) = -max(-x): one MAX reduction serves both kinds of extreme.
-        sign = {k: -1.0 if k.endswith(("_min", "/min")) else 1.0 for k in extremes}
+        sign = {k: -1.0 if reduction(k) == "min" else 1.0 for k in extremes}
         totals = self._all_reduce([stats[k] for k in means], torch.distributed.ReduceOp.SUM)
         peaks = self._all_reduce(
             [sign[k] * stats[k] for k in extremes], torch.distributed.ReduceOp.MAX

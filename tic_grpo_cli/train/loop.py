@@ -11,7 +11,6 @@ writes); the Hydra entry point in cli.py only wraps it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -20,20 +19,18 @@ import shlex
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import Interrupted, UserError, program
 from tic_grpo_cli.models import (
-    load_model_and_tokenizer,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -47,6 +44,7 @@ from tic_grpo_cli.runtime import launch
 from tic_grpo_cli.runtime.distributed import Dist
 from tic_grpo_cli.runtime.threads import CpuThreads
 from tic_grpo_cli.train.periodic_eval import TrainEval
+from tic_grpo_cli.train.policy import Policy, load_policy, policy_model_config
 from tic_grpo_cli.train.progress import TrainProgress, format_row, print_samples
 from tic_grpo_cli.train.rollout import (
     PromptSampler,
@@ -55,6 +53,7 @@ from tic_grpo_cli.train.rollout import (
     pick_samples,
     rollout_metrics,
 )
+from tic_grpo_cli.train.staleness import QueuedRollout, RolloutQueue, rollouts_needed
 from tic_grpo_cli.train.state import (
     TrainState,
     finished_summary,
@@ -105,82 +104,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(cfg: DictConfig):
-    """Linear warm-up, then constant, cosine decay to zero at max_steps, or constant with a
-    linear decay to zero over the last decay_fraction of the steps (wsd)."""
-    warmup, total, schedule = cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule
-    decay = max(1, round(cfg.decay_fraction * total))
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        if schedule == "wsd":
-            return min(1.0, max(0.0, (total - step) / decay))
-        return 1.0
-
-    return factor
-
-
-@dataclass
-class Policy:
-    """What the inner loop updates: the policy, its optimizer and schedule, and the frozen
-    models some algorithms read (grpo_no_is's pi_old copy, a KL term's reference)."""
-
-    model: Any
-    tokenizer: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    frozen: Any = None
-    ref_model: Any = None
-
-
-def policy_model_config(cfg: DictConfig, source: Path | None) -> DictConfig:
-    """The model config to load: `cfg.model`, or the checkpoint `source` when resuming."""
-    model_cfg = copy.deepcopy(cfg.model)
-    if source:
-        with read_write(model_cfg):
-            model_cfg.name_or_path = str(source)
-            model_cfg.gguf_file = model_cfg.gguf_package = None
-    return model_cfg
-
-
-def load_policy(
-    cfg: DictConfig,
-    dist: Dist,
-    device: torch.device,
-    dtype: torch.dtype,
-    source: Path | None,
-    tokenizer: Any = None,
-) -> Policy:
-    """The model to train (the checkpoint `source` when resuming), wrapped for the ranks,
-    with AdamW and the learning-rate schedule of `lr_lambda`. `tokenizer`: the one
-    `load_tokenizer` already returned for this model, if any."""
-    hw, tr = cfg.hardware, cfg.trainer
-    model_cfg = policy_model_config(cfg, source)
-    storage = dist.storage_dtype(dtype)
-    model, tokenizer = load_model_and_tokenizer(
-        model_cfg, device, storage, hw.mixed_precision, tokenizer
-    )
-    frozen = copy.deepcopy(model) if cfg.algorithm.name == "grpo_no_is" else None
-    ref_model = None
-    if cfg.algorithm.kl_coef > 0:
-        ref_model, _ = load_model_and_tokenizer(cfg.model, device, storage, hw.mixed_precision)
-        ref_model.eval().requires_grad_(False)
-    model, frozen, ref_model = (dist.wrap(m, dtype) for m in (model, frozen, ref_model))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=tr.lr, weight_decay=tr.weight_decay, betas=(tr.adam_beta1, tr.adam_beta2)
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr))
-    return Policy(model, tokenizer, optimizer, scheduler, frozen, ref_model)
-
-
 def save(
     cfg: DictConfig, run_dir: Path, dist: Dist, policy: Policy, state: TrainState,
-    sampler: PromptSampler, generator: torch.Generator,
+    sampler: PromptSampler, generator: torch.Generator, queue: RolloutQueue,
 ) -> Path:  # fmt: skip
     """Write `checkpoints/step_<state.step>` (atomically; rank 0 writes, FSDP shards the
     optimizer state) with everything `resume` restores, the run's overrides included;
@@ -192,6 +118,7 @@ def save(
         "scheduler": policy.scheduler.state_dict(),
         "rng": rng_state(generator),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "queue": queue.state(dist),
     }
     path = save_checkpoint(
         dist, run_dir, state.step, policy.model, policy.tokenizer, policy.optimizer, trainer_state,
@@ -219,7 +146,7 @@ def report(
     seconds = timing["time/rollout_s"] + timing["time/update_s"]
     shared = {
         **rollout_metrics(rollout, tr.group_size),
-        "rollout": state.rollouts,
+        "rollout": state.updates,
         **timing,
         "throughput/tokens_per_s": tokens / max(seconds, 1e-9),
     }
@@ -228,8 +155,6 @@ def report(
         state.nonfinite_streak = state.nonfinite_streak + 1 if row["nonfinite"] else 0
         state.nonfinite_total += row["nonfinite"]
         logger.log({"step": state.step, **shared, **row, "nonfinite_total": state.nonfinite_total})
-        if state.step >= tr.max_steps:
-            break
     if _crossed(before, state.step, tr.log_every):
         log.info(format_row({"step": state.step, **shared, **step_rows[-1]}))
     if is_main and _crossed(before, state.step, tr.log_samples_every):
@@ -311,6 +236,29 @@ def summarize(
     }
 
 
+def sample_rollout(
+    cfg: DictConfig, policy: Policy, task, train_split, sampler: PromptSampler,
+    generator: torch.Generator, state: TrainState, dist: Dist,
+) -> QueuedRollout:  # fmt: skip
+    """Generate and score the run's next rollout (number `state.rollouts`) with the current
+    policy, on the next prompts; count it."""
+    tr = cfg.trainer
+    t0 = time.perf_counter()
+    generator.manual_seed(rollout_seed(cfg.seed, state.rollouts, dist.rank))
+    # Every rank draws the same global batch and keeps prompts rank, rank + W, ...:
+    # the prompts trained on do not depend on the number of ranks.
+    chosen = sampler.take(tr.rollout_batch_size)[dist.rank :: dist.world_size]
+    examples = [train_split[i] for i in chosen]
+    with dist.full_params(policy.model):
+        rollout = collect_rollout(
+            policy.model, policy.tokenizer, task, examples, cfg, generator, dist
+        )
+    item = QueuedRollout(rollout, state.rollouts, state.updates, time.perf_counter() - t0,
+                         sampler.epoch)  # fmt: skip
+    state.rollouts += 1
+    return item
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run RL fine-tuning as configured; write the run dir; return the final metrics (also
     written to summary.json). Raises UserError for bad input, TrainingStopped or
@@ -340,6 +288,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     state = TrainState()
     if saved:
         state = restore(saved, source, policy, generator, dist)
+    queue = RolloutQueue(tr.staleness)
+    queue.restore((saved or {}).get("queue"), dist, source)
+    steps_per_rollout = tr.rollout_batch_size // tr.minibatch_size * tr.ppo_epochs
+    needed = rollouts_needed(tr.max_steps, steps_per_rollout)
     logger = open_logger(cfg, run_dir, dist, state, source)
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
@@ -348,36 +300,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if state.step == 0 and tr.eval_every > 0:
         evaluate(state)
     # A live bar on rank 0's terminal, a heartbeat line in a log; rank 0 only.
-    progress = TrainProgress(tr.max_steps, state.step, enabled=dist.is_main)
+    progress = TrainProgress(tr.max_steps, state.step, enabled=dist.is_main, staleness=tr.staleness)
     with stop.installed(), progress:
         # A signal may reach only some ranks (e.g. a scheduler's SIGTERM): all stop together.
         while state.step < tr.max_steps and not dist.any(stop.signal is not None):
-            t0 = time.perf_counter()
-            generator.manual_seed(rollout_seed(cfg.seed, state.rollouts, dist.rank))
-            # Every rank draws the same global batch and keeps prompts rank, rank + W, ...:
-            # the prompts trained on do not depend on the number of ranks.
-            chosen = sampler.take(tr.rollout_batch_size)[dist.rank :: dist.world_size]
-            examples = [train_split[i] for i in chosen]
-            with dist.full_params(policy.model):
-                rollout = collect_rollout(
-                    policy.model, policy.tokenizer, task, examples, cfg, generator, dist
-                )
+            # Generate with the current policy; with trainer.staleness=d, train the rollout
+            # generated d rollouts ago (train/staleness.py). d = 0: the one just generated.
+            if state.rollouts < needed:
+                queue.push(sample_rollout(cfg, policy, task, train_split, sampler, generator,
+                                          state, dist))  # fmt: skip
+            if not queue.ready(generation_done=state.rollouts >= needed):
+                continue  # the queue fills from the initial policy before the first update
+            item = queue.pop()
             t1 = time.perf_counter()
             step_rows = policy_update(
-                policy.model, policy.frozen, policy.ref_model, policy.optimizer,
-                policy.scheduler, rollout, cfg, generator, dist,
-            )  # fmt: skip
+                policy, item.rollout, cfg, generator, dist, max_steps=tr.max_steps - state.step
+            )
             t2 = time.perf_counter()
-            state.rollouts += 1
-            timing = {"epoch": sampler.epoch, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
-                      "throughput/cpu_threads": threads.adjust()}  # fmt: skip
+            state.updates += 1
+            timing = {"epoch": item.epoch, "time/rollout_s": item.seconds,
+                      "time/update_s": t2 - t1, "throughput/cpu_threads": threads.adjust()}  # fmt: skip
+            if tr.staleness:  # how old the data is: policy versions, and which rollout it was
+                timing |= {
+                    "staleness": state.updates - 1 - item.version,
+                    "rollout/index": item.index,
+                }
             # Metrics and samples describe the whole batch, whatever the number of ranks.
-            rollout = gather_rollout(rollout, dist, tr.group_size)
+            rollout = gather_rollout(item.rollout, dist, tr.group_size)
             before = state.step
             tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
             state.tokens += tokens
             progress.update(state.step, reward=float(rollout.rewards.mean()),
-                            eval_accuracy=state.last_eval, tokens_per_s=tokens / (t2 - t0))  # fmt: skip
+                            eval_accuracy=state.last_eval,
+                            tokens_per_s=tokens / (item.seconds + t2 - t1))  # fmt: skip
             if _crossed(before, state.step, tr.log_every):
                 progress.beat()
             stop_if_diverged(tr, state, run_dir, logger)
@@ -388,10 +343,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if state.step < tr.max_steps and _crossed(before, state.step, tr.eval_every):
                 evaluate(state)
             if state.step < tr.max_steps and _crossed(before, state.step, tr.save_every):
-                save(cfg, run_dir, dist, policy, state, sampler, generator)
+                save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
 
     if dist.any(stop.signal is not None):
-        path = save(cfg, run_dir, dist, policy, state, sampler, generator)
+        path = save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
         logger.finish({})
         where = f"interrupted at step {state.step}, checkpoint {path}"
         # The run's overrides are in the checkpoint: this command alone continues it in place.
@@ -402,7 +357,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     final_eval = state.last_eval
     if tr.eval_every > 0 or math.isnan(final_eval):
         final_eval = evaluate(state)
-    save(cfg, run_dir, dist, policy, state, sampler, generator)
+    save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
     summary = summarize(cfg, state, final_eval, logger.metrics_path)
     if dist.is_main:
         atomic_write_json(run_dir / "summary.json", summary)

@@ -28,7 +28,7 @@ log = logging.getLogger("tic_grpo")
 HEARTBEAT_S = 30.0
 # The bar's optional fields, most useful first, with their widest text ("eval acc 0.334");
 # a narrow terminal drops them from the end, then the elapsed time, never step i/N or ETA.
-FIELD_WIDTHS = {"reward": 12, "eval_acc": 14, "tok/s": 12}
+FIELD_WIDTHS = {"stale": 8, "reward": 12, "eval_acc": 14, "tok/s": 12}
 ELAPSED_WIDTH = len(" | elapsed 0:00:00")  # two columns and their spaces
 MIN_BAR = 10
 
@@ -66,6 +66,7 @@ class TrainProgress:
         live: bool | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         clock: Callable[[], float] = time.monotonic,
+        staleness: int = 0,
     ) -> None:
         self.total = total
         self.start_step = self.step = start_step
@@ -74,12 +75,16 @@ class TrainProgress:
         self.heartbeat_s = heartbeat_s
         self.clock = clock
         self.facts: dict[str, float | None] = {"reward": None, "eval_acc": None, "tok/s": None}
+        if staleness:  # shown only when the run trains on stale rollouts
+            self.facts = {"stale": float(staleness), **self.facts}
         self._started = self._last_beat = clock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._bar: Any = None
         self._task: Any = None
-        self._shown = list(FIELD_WIDTHS)  # the fields the bar has room for (_fit)
+        # The fields the bar has room for (_fit), of those this run shows.
+        self._fields = {k: w for k, w in FIELD_WIDTHS.items() if k in self.facts}
+        self._shown = list(self._fields)
 
     # ------------------------------------------------------------------ figures
 
@@ -99,7 +104,8 @@ class TrainProgress:
         parts = [f"step {self.step}/{self.total} ({percent:.0f}%)"]
         for label, value in self.facts.items():
             if value is not None:
-                parts.append(f"{label} {value:.0f}" if label == "tok/s" else f"{label} {value:.3f}")
+                whole = label in ("tok/s", "stale")
+                parts.append(f"{label} {value:.0f}" if whole else f"{label} {value:.3f}")
         parts.append(f"elapsed {format_duration(self.elapsed())}")
         parts.append(f"ETA {format_duration(self.eta())}")
         return " | ".join(parts)
@@ -166,7 +172,7 @@ class TrainProgress:
         # One column spare: a line as wide as the terminal wraps in some terminals.
         room = width - 1 - (4 + 2 * len(str(self.total)) + 1 + 5 + 7 + 6) - MIN_BAR
         self._shown = []
-        for key, needed in FIELD_WIDTHS.items():
+        for key, needed in self._fields.items():
             needed += 3 if self._shown else 0  # " | " between fields
             if needed > room:
                 break
@@ -177,11 +183,11 @@ class TrainProgress:
         return MIN_BAR + min(max(room, 0), 40 - MIN_BAR), elapsed
 
     def _facts_text(self) -> str:
-        labels = {"reward": "reward", "eval_acc": "eval acc", "tok/s": "tok/s"}
+        labels = {"stale": "stale", "reward": "reward", "eval_acc": "eval acc", "tok/s": "tok/s"}
         parts = []
         for key, value in self.facts.items():
             if value is not None and key in self._shown:
-                shown = f"{value:.0f}" if key == "tok/s" else f"{value:.3f}"
+                shown = f"{value:.0f}" if key in ("tok/s", "stale") else f"{value:.3f}"
                 parts.append(f"{labels[key]} {shown}")
         return " | ".join(parts)
 

@@ -36,7 +36,8 @@ class TrainState:
     """The loop's counters; all but `nonfinite_streak` are saved in every checkpoint."""
 
     step: int = 0  # optimizer steps taken
-    rollouts: int = 0
+    rollouts: int = 0  # rollouts generated
+    updates: int = 0  # rollouts trained (fewer while trainer.staleness rollouts are queued)
     nonfinite_total: int = 0
     best_eval: float = math.nan
     last_eval: float = math.nan
@@ -60,6 +61,7 @@ class TrainState:
         return cls(
             step=saved["step"],
             rollouts=saved["rollouts"],
+            updates=saved.get("updates", saved["rollouts"]),
             nonfinite_total=saved.get("nonfinite_total", 0),
             best_eval=saved.get("best_eval", math.nan),
             last_eval=saved.get("last_eval", math.nan),

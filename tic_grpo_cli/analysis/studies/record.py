@@ -37,6 +37,15 @@ DIAG_KEYS = (
     "ratio_diag/ess",
     "ratio_diag/kl_old",
     "clip_fraction",
+    # Against the behaviour policy mu and the proximal policy (trainer.staleness > 0).
+    "behaviour/log_rho_mean",
+    "behaviour/log_rho_std",
+    "behaviour/capped_fraction",
+    "behaviour/ess",
+    "behaviour/kl",
+    "mismatch/kl",
+    "mismatch/seq_kl",
+    "staleness",
 )
 
 
@@ -79,6 +88,10 @@ def job_facts(config: dict[str, Any]) -> dict[str, Any]:
         "chain_length": data.get("chain_length"),
         "eval_split": data.get("test_split"),
         "max_steps": tr["max_steps"],
+        "staleness": tr.get("staleness", 0),
+        "old_logprobs": tr.get("old_logprobs"),
+        "rollout_correction": alg.get("rollout_correction"),
+        "length_corrected_advantage": alg.get("length_corrected_advantage"),
     }
 
 
