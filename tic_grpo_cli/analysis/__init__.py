@@ -22,6 +22,10 @@ ANALYSES = {  # subcommand -> (module, one-line description)
         "tic_grpo_cli.analysis.studies.chain",
         "tables and plots of the chain study's sweeps (docs/results/chain_study)",
     ),
+    "staleness-study": (
+        "tic_grpo_cli.analysis.studies.staleness",
+        "tables and plots of the staleness study's sweeps (docs/results/staleness_study)",
+    ),
 }
 
 

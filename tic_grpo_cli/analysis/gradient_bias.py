@@ -285,8 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon-high", type=float, default=defaults.epsilon_high)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--staleness",
+        type=int,
+        default=None,
+        metavar="D",
+        help="instead: each estimator at the current θ with the rollout sampled d = 0..D "
+        "updates earlier, against ∇J(θ) (staleness_bias.py)",
+    )
+    p.add_argument(
+        "--correction-cap",
+        type=float,
+        default=2.0,
+        help="C of the proximal/μ weights (--staleness)",
+    )
     args = vars(p.parse_args(argv))
-    out = args.pop("out")
+    out, staleness, cap = args.pop("out"), args.pop("staleness"), args.pop("correction_cap")
+    if staleness is not None:
+        return _staleness_main(p, args, staleness, cap, out)
     cfg = BiasConfig(**args)
     try:
         check(cfg)
@@ -295,6 +311,22 @@ def main(argv: list[str] | None = None) -> int:
     result = run(cfg, out=out)
     print_table(result)
     print(f"wrote {out}/gradient_bias.{{csv,json,png}}")
+    return 0
+
+
+def _staleness_main(
+    parser: argparse.ArgumentParser, args: dict, staleness: int, cap: float, out: Path
+) -> int:
+    from tic_grpo_cli.analysis import staleness_bias
+
+    shared = {k: v for k, v in args.items() if k not in ("steps", "path")}
+    try:
+        cfg = staleness_bias.StalenessConfig(**shared, staleness=staleness, correction_cap=cap)
+        result = staleness_bias.run(cfg, out=out)
+    except ValueError as error:
+        parser.error(str(error))
+    print(staleness_bias.table(result))
+    print(f"wrote {out}/staleness_bias.{{csv,json,png}}")
     return 0
 
 

@@ -21,13 +21,20 @@ import csv
 import io
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tic_grpo_cli.analysis.studies import record as study
+from tic_grpo_cli.analysis.studies.common import (
+    final,
+    fmt_ci,
+    lr_table,
+    lr_text,
+    main_variant,
+    paired_table,
+    reach,
+)
 from tic_grpo_cli.sweep.jobs import find_jobs
-from tic_grpo_cli.sweep.stats import describe
 
 DEFAULT_DIR = Path("docs/results/chain_study")
 # Under DEFAULT_DIR: the study's jobs, and jobs of an arm at a rate other than its chosen one
@@ -55,12 +62,6 @@ def arm_name(job: dict[str, Any]) -> str:
 # The overrides that place a job in the study's design; any other (a cut-down
 # trainer.max_steps=16, the supplement's trainer.lr=1e-4) makes a variant, kept apart.
 _DESIGN = {"seed", "arm", "algorithm", "dataset", "experiment", "trainer.rollout_batch_size"}
-
-
-def lr_text(lr: float) -> str:
-    """A learning rate as people write it: 5e-05 -> '5e-5', 0.0001 -> '1e-4', 0.001 -> '1e-3'."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -95,51 +96,6 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def final(record: dict[str, Any], last: int = 2) -> float:
-    """Mean accuracy of the last `last` evaluations: one evaluation alone swings by points."""
-    accs = [acc for _, acc, _ in record["eval"][-last:]]
-    return sum(accs) / len(accs)
-
-
-def reach(record: dict[str, Any], threshold: float) -> tuple[int, float] | None:
-    """(step, train seconds) of the first evaluation at or above the threshold."""
-    for step, acc, seconds in record["eval"]:
-        if acc >= threshold:
-            return step, seconds
-    return None
-
-
-def _fmt(values: list[float], fmt: str = "{:.3f}") -> str:
-    d = describe(values)
-    if d["mean"] is None:
-        return "-"
-    if d["std"] is None:
-        return fmt.format(d["mean"])
-    lo, hi = fmt.format(d["ci95_low"]), fmt.format(d["ci95_high"])
-    return f"{fmt.format(d['mean'])} [{lo}, {hi}]"
-
-
-def lr_table(jobs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
-    """Markdown rows of the grid (validation accuracy, mean over seeds and lengths) and the
-    chosen rate per arm (the highest mean; ties go to the smaller rate)."""
-    by_arm: dict[str, dict[str, list[float]]] = {}
-    for job in jobs:
-        by_arm.setdefault(job["arm"], {}).setdefault(job["lr"], []).append(final(job["record"]))
-    lines = [
-        "| arm | lr: validation accuracy (runs) | chosen |",
-        "|---|---|---|",
-    ]
-    chosen = {}
-    for arm, by_lr in sorted(by_arm.items()):
-        means = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
-        chosen[arm] = max(sorted(means, key=float), key=lambda lr: means[lr])
-        cells = ", ".join(
-            f"{lr}: {means[lr]:.3f} ({len(by_lr[lr])})" for lr in sorted(means, key=float)
-        )
-        lines.append(f"| {arm} | {cells} | {chosen[arm]} |")
-    return lines, chosen
-
-
 def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[dict[str, Any]]:
     """One row per (chain length, K, arm, lr, variant): finals, threshold times and last-step
     diagnostics. An arm run at two rates (the supplement) gives two rows."""
@@ -159,16 +115,16 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
             "variant": variant,
             "seeds": len(group),
             "threshold": threshold,
-            "final_acc": _fmt([final(j["record"]) for j in group]),
+            "final_acc": fmt_ci([final(j["record"]) for j in group]),
             "reached": f"{len(reached)}/{len(group)}",
-            "steps_to_threshold": _fmt([float(s) for s, _ in reached], "{:.0f}"),
-            "seconds_to_threshold": _fmt([t for _, t in reached], "{:.0f}"),
+            "steps_to_threshold": fmt_ci([float(s) for s, _ in reached], "{:.0f}"),
+            "seconds_to_threshold": fmt_ci([t for _, t in reached], "{:.0f}"),
         }
         for key, _ in DIAGS:  # at the last inner step k = K, where the policy is furthest off
             values = [
                 d[key] for j in group if (d := j["record"]["diag_by_k"].get(str(k))) and key in d
             ]
-            row[key] = _fmt(values, "{:.3f}")
+            row[key] = fmt_ci(values, "{:.3f}")
         rows.append(row)
     return rows
 
@@ -176,36 +132,11 @@ def cell_rows(jobs: list[dict[str, Any]], thresholds: dict[int, float]) -> list[
 def paired_rows(
     jobs: list[dict[str, Any]], base: str = "grpo", arms: list[str] | None = None
 ) -> list[str]:
-    """Markdown rows: each arm minus `base` in final test accuracy, paired by seed.
-
-    A seed fixes the model's start, the order of training prompts and which 200 test
-    problems are scored, so the difference within a seed removes the share of the spread
-    that all arms have in common. Per (chain length, K, arm): mean difference in points and
-    its 95% t interval over the seeds both arms finished; "-" where fewer than two seeds pair.
-    """
-    finals = {(j["length"], j["k"], j["arm"], j["seed"]): final(j["record"]) for j in jobs}
-    arms = arms or sorted({a for _, _, a, _ in finals} - {base})
-    cells = sorted({(t, k) for t, k, a, _ in finals if a in arms})
-    lines = [
-        "| T (steps) | K | " + " | ".join(f"{a} − {base}" for a in arms) + " |",
-        "|" + "---|" * (2 + len(arms)),
-    ]
-    for t, k in cells:
-        out = []
-        for arm in arms:
-            diffs = [
-                100 * (finals[(t, k, arm, seed)] - finals[(t, k, base, seed)])
-                for (t2, k2, a, seed) in finals
-                if (t2, k2, a) == (t, k, arm) and (t, k, base, seed) in finals
-            ]
-            d = describe(diffs)
-            if d["std"] is None:
-                out.append("-")
-            else:
-                lo, hi = d["ci95_low"], d["ci95_high"]
-                out.append(f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] (n={len(diffs)})")
-        lines.append(f"| {t} | {k} | " + " | ".join(out) + " |")
-    return lines
+    """Markdown rows: each arm minus `base` in final test accuracy, paired by seed, per
+    (chain length, K) (see `common.paired_table`)."""
+    finals = {((j["length"], j["k"]), j["arm"], j["seed"]): final(j["record"]) for j in jobs}
+    arms = arms or sorted({a for _, a, _ in finals} - {base})
+    return paired_table(finals, base, arms, "T (steps) | K", lambda c: f"{c[0]} | {c[1]}")
 
 
 def inner_loop_rows(jobs: list[dict[str, Any]], key: str, k_max: int) -> list[str]:
@@ -258,22 +189,6 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _main_variant(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The jobs with the variant most of them share get variant "": they are the study (a
-    cut-down study is all one variant); the others keep theirs and are reported apart."""
-    if not jobs:
-        return jobs
-    main = Counter(j["variant"] for j in jobs).most_common(1)[0][0]
-
-    def differs(variant: str) -> str:  # what sets a job apart: its overrides the main lacks
-        if variant == main:
-            return ""
-        extra = [item for item in variant.split() if item not in main.split()]
-        return " ".join(extra) or f"not {main}"
-
-    return [{**j, "variant": differs(j["variant"])} for j in jobs]
-
-
 def _variant_note(n: int) -> list[str]:
     if not n:
         return []
@@ -295,9 +210,9 @@ def report(
     # (hydra.sweep.dir=DIR) holds the jobs themselves.
     layout = any((root / d).is_dir() for d in ("lr_grid", *SUBDIRS.values()))
     study_dir = root / SUBDIRS["study"] if layout else root
-    grid, all_runs = _load(root / "lr_grid"), _main_variant(_load(study_dir))
+    grid, all_runs = _load(root / "lr_grid"), main_variant(_load(study_dir))
     runs = [j for j in all_runs if not j["variant"]]  # the design's jobs: pairs, plots
-    supplement = _main_variant(_load(root / SUBDIRS["supplement"]))
+    supplement = main_variant(_load(root / SUBDIRS["supplement"]))
     lines = [f"# Chain study report ({len(grid)} grid jobs, {len(runs)} study jobs finished)", ""]
     if grid:
         table, chosen = lr_table(grid)
