@@ -65,3 +65,22 @@ def wait_for_history_keys(path: Path, expected: set[str], timeout_s: float = 60.
         if expected <= keys or time.monotonic() > deadline:
             return keys
         time.sleep(0.5)
+
+
+def history_steps(path: Path, expected: int, timeout_s: float = 60.0) -> list[int]:
+    """The `_step` of every history record of `path`, in file order, once there are
+    `expected` of them (or what is there after `timeout_s`; see wait_for_history_keys)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            steps = [int(item.value_json) for record in records(path)
+                     if record.WhichOneof("record_type") == "history"
+                     for item in record.history.item
+                     if (item.key or "/".join(item.nested_key)) == "_step"]  # fmt: skip
+        except Exception:  # a record cut mid-write: read again
+            if time.monotonic() > deadline:
+                raise
+            steps = []
+        if len(steps) >= expected or time.monotonic() > deadline:
+            return steps
+        time.sleep(0.5)

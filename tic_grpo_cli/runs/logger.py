@@ -63,12 +63,35 @@ class RunLogger:
                 )
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint so the file reads as one run."""
+        """On resume, drop rows logged after the checkpoint so the file reads as one run.
+
+        An offline W&B run cannot be cut back the same way, and the interrupted session's
+        folder holds rows past the checkpoint, which a resumed session would log again. So
+        the resumed offline run replays the kept rows of metrics.jsonl into its own folder,
+        which then holds the whole history once, and the earlier folders of the run move to
+        wandb/superseded/ (`wandb sync` the current folder only; nothing is deleted)."""
         if not self.enabled:
             return
         for path in (self.metrics_path, self.samples_path):
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
             atomic_write_jsonl(path, rows)
+        if self.wandb_run is not None and self.wandb_run.settings.mode == "offline":
+            self._supersede_earlier_offline_runs()
+            for row in read_jsonl(self.metrics_path):
+                self._to_wandb(row)
+
+    def _supersede_earlier_offline_runs(self) -> None:
+        current = Path(self.wandb_run.dir).parent  # wandb/offline-run-<time>-<id>/files
+        root = current.parent
+        for folder in sorted(root.glob(f"offline-run-*-{self.wandb_run.id}")):
+            if folder != current:
+                (root / "superseded").mkdir(exist_ok=True)
+                folder.rename(root / "superseded" / folder.name)
+                log.info("W&B: %s superseded by %s (it holds the whole history)",
+                         folder.name, current.name)  # fmt: skip
+
+    def _to_wandb(self, clean: dict[str, Any]) -> None:
+        self.wandb_run.log({k: v for k, v in clean.items() if k != "step"}, step=clean["step"])
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -77,7 +100,7 @@ class RunLogger:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in clean.items() if k != "step"}, step=clean["step"])
+            self._to_wandb(clean)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if not self.enabled:

@@ -85,14 +85,18 @@ def rollout_seed(seed: int, rollout: int, rank: int) -> int:
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Python, numpy, torch and sampler RNG states as plain data (`weights_only` loadable)."""
+    """Python, numpy, torch (CPU, and every CUDA device's when CUDA is in use) and sampler
+    RNG states as plain data (`weights_only` loadable)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
         "sampler": generator.get_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
@@ -103,6 +107,13 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state((numpy[0], np.array(numpy[1], dtype=np.uint32), *numpy[2:]))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["sampler"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            log.warning("resume: the checkpoint saved %d CUDA RNG states, this machine has %d "
+                        "devices; restoring the first ones", len(cuda), torch.cuda.device_count())  # fmt: skip
+        for device, value in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(value, device)
 
 
 def find_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
