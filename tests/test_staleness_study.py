@@ -38,7 +38,7 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     assert main(args) == 0  # finished jobs are skipped
     assert sorted(p.stat().st_mtime_ns for p in runs.glob("*/summary.json")) == stamps
     text = report_module.report(tmp_path, threshold=0.0)
-    assert "| 2 | tic_decoupled (1e-4) | 1 |" in text
+    assert "| 2 | tic_decoupled (5e-5) | 1 |" in text
     assert "| d | tic_decoupled − naive_grpo |" in text
     for name in ("staleness_study.png", "staleness_study_curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
