@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import string
 from types import SimpleNamespace
 
@@ -333,3 +334,34 @@ def test_rejects_a_tokenizer_without_pad(model, tokenizer):
     no_pad = SimpleNamespace(pad_token_id=None, eos_token_id=EOS)
     with pytest.raises(ValueError, match="pad token"):
         generate(model, no_pad, ["1+1="], max_new_tokens=2)
+
+
+# The name the installed transformers' Llama takes its KV cache under.
+LLAMA_CACHE_KEYWORD = (
+    "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else "past_key_values"
+)  # fmt: skip
+
+
+class PastKeyValuesLlama(LlamaForCausalLM):
+    """A model as transformers 5.17 (the GPU machines' image) has it: the KV cache comes as
+    `past_key_values`, and a `cache=` keyword would vanish into **kwargs."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=None, logits_to_keep=0, **kwargs):  # fmt: skip
+        assert "cache" not in kwargs, "the sampler passed the cache under the new name"
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=use_cache, logits_to_keep=logits_to_keep,
+            **{LLAMA_CACHE_KEYWORD: past_key_values}, **kwargs,
+        )  # fmt: skip
+
+
+def test_a_model_taking_past_key_values_samples_the_same(tokenizer):
+    current = tiny_model("llama", seed=0)
+    older = PastKeyValuesLlama(current.config).eval()
+    older.load_state_dict(current.state_dict())
+    a = generate(current, tokenizer, PROMPTS, max_new_tokens=6, generator=seeded(0))
+    b = generate(older, tokenizer, PROMPTS, max_new_tokens=6, generator=seeded(0))
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.logprobs, b.logprobs)

@@ -13,6 +13,7 @@ mask is the only source of truth for padding, and position ids are derived from 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -228,17 +229,18 @@ def _decode(
     attention[:, :prompt_len] = prompt_mask
     positions = position_ids_from_mask(prompt_mask)
     cache = _kv_cache(model.config, capacity=prompt_len + max_new_tokens)
+    with_cache = {_cache_keyword(model): cache}
     out = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=positions,
-        cache=cache,
+        **with_cache,
         use_cache=True,
         logits_to_keep=1,
     )
     if cache.get_seq_length() == 0:
-        # transformers < 5 calls it `past_key_values` and would silently decode without it.
-        raise RuntimeError(f"{type(model).__name__} ignored the `cache` argument")
+        # A forward that swallows an unknown keyword (**kwargs) would decode without a cache.
+        raise RuntimeError(f"{type(model).__name__} ignored the KV-cache argument")
     next_position = positions[:, -1:] + 1
 
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -267,13 +269,30 @@ def _decode(
             input_ids=token[:, None],
             attention_mask=attention[:, : prompt_len + step + 1],
             position_ids=next_position,
-            cache=cache,
+            **with_cache,
             use_cache=True,
         )
         next_position = next_position + 1
     width = int(lengths.max())
     mask = torch.arange(width, device=device) < lengths[:, None]
     return tokens[:, :width], mask, logprobs[:, :width]
+
+
+def _cache_keyword(model: PreTrainedModel) -> str:
+    """The keyword `model`'s forward takes its KV cache under. transformers renamed
+    `past_key_values` to `cache` within 5.x: 5.17 (the GPU machines' image) knows only the
+    old name and would drop `cache=` into **kwargs; 5.25 still takes the old one, with a
+    deprecation warning. A peft or torch.compile wrapper forwards **kwargs: look through it."""
+    inner = model
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    parameters = inspect.signature(inner.forward).parameters
+    return (
+        "past_key_values"
+        if "past_key_values" in parameters and "cache" not in parameters
+        else "cache"
+    )
 
 
 class _PreallocatedLayer(DynamicLayer):
