@@ -5,6 +5,9 @@ GRPOTrainer, same model, prompts, shapes and loss, each system in its own proces
     python benchmarks/bench_vs_trl.py --models tiny --reps 5 --rollouts 4
     python benchmarks/bench_vs_trl.py --out results.json      # also write every number
     python benchmarks/bench_vs_trl.py --models tiny_chain --prompts 32 --length 64  # chain shape
+    python benchmarks/shape_model.py /tmp/qwen && python benchmarks/bench_vs_trl.py \
+        --models qwen2_5_0_5b_shape --model-dir /tmp/qwen --device cuda --precision bf16 \
+        --peak-tflops 989 --length 256        # a GPU, Qwen2.5-0.5B's shape (gpu_check.py)
 
 Reference shape: N=16 prompts x G=8 completions of exactly L=32 tokens per rollout, K=4
 minibatches, one optimizer step each, torch on 2 threads. Every completion runs to L in both
@@ -54,10 +57,12 @@ class PhaseClock:
         def timed(*args, **kwargs):
             if not when():
                 return fn(*args, **kwargs)
+            benchlib.sync()  # on a GPU, queued work belongs to the phase before
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                benchlib.sync()
                 self.seconds[phase] += time.perf_counter() - start
 
         return timed
@@ -70,9 +75,11 @@ class PhaseClock:
 def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, str]]]:
     """The composed config, model, tokenizer and prompts every worker uses."""
     precision = "bf16" if getattr(args, "precision", "fp32") == "bf16" else "none"
+    device = getattr(args, "device", "cpu")
     cfg = benchlib.train_config(
         args.model,
         [
+            *(["hardware=gpu"] if device == "cuda" else []),
             "algorithm=grpo",
             f"trainer.rollout_batch_size={args.prompts}",
             f"trainer.group_size={args.group}",
@@ -82,8 +89,9 @@ def workload(args: argparse.Namespace) -> tuple[Any, Any, Any, list[dict[str, st
             f"hardware.mixed_precision={precision}",
             f"trainer.old_logprobs={getattr(args, 'old_logprobs', 'recompute')}",
         ],
+        getattr(args, "model_dir", None),
     )
-    model, tokenizer = benchlib.load_model(cfg, args.model, args.threads)
+    model, tokenizer = benchlib.load_model(cfg, args.model, args.threads, device)
     args.loaded_rss_mb = benchlib.current_rss_mb()  # before any rollout: weights + libraries
     n = args.prompts * (args.warmup + args.rollouts)
     examples = benchlib.task_prompts(args.model, n, args.length)
@@ -100,6 +108,7 @@ def finish(
         "rollouts": rollouts[args.warmup :],
         "load": window.as_dict(),
         "peak_rss_mb": benchlib.peak_rss_mb(),
+        "peak_gpu_memory_gib": benchlib.peak_gpu_memory_gib(),
         "loaded_rss_mb": args.loaded_rss_mb,
         "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
@@ -134,12 +143,15 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             start = benchlib.Snapshot.now()
         batch = examples[r * args.prompts : (r + 1) * args.prompts]
         before = benchlib.Snapshot.now()
+        benchlib.sync()
         t0 = time.perf_counter()
         rollout = collect.collect_rollout(model, tokenizer, task, batch, cfg, generator)
+        benchlib.sync()
         t1 = time.perf_counter()
         rows = update.policy_update(
             Policy(model, tokenizer, optimizer, scheduler), rollout, cfg, generator
         )
+        benchlib.sync()
         t2 = time.perf_counter()
         assert len(rows) == args.k
         phases = defaultdict(float, clock.take())
@@ -178,7 +190,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
-        use_cpu=True,
+        use_cpu=getattr(args, "device", "cpu") == "cpu",
         bf16=getattr(args, "precision", "fp32") == "bf16",
         per_device_train_batch_size=args.prompts // args.k * args.group,
         gradient_accumulation_steps=1,
@@ -252,8 +264,10 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         def on_step_end(self, _args, state, control, **kw):
             if state.global_step % args.k:
                 return
+            benchlib.sync()
             now = time.perf_counter()
-            phases = clock.take()
+            # TRL skips the old-log-prob forward when K = 1 (the ratio is 1 by construction).
+            phases = defaultdict(float, clock.take())
             rollout = phases.pop("rollout")
             rollouts.append({
                 "total": now - marks["last"],
@@ -283,7 +297,8 @@ def worker_args(args: argparse.Namespace, system: str, model: str) -> list[str]:
         "--group", str(args.group), "--length", str(args.length), "--k", str(args.k),
         "--threads", str(args.threads), "--rollouts", str(args.rollouts),
         "--warmup", str(args.warmup), "--precision", args.precision,
-        "--old-logprobs", args.old_logprobs,
+        "--old-logprobs", args.old_logprobs, "--device", args.device,
+        *(["--model-dir", str(args.model_dir)] if args.model_dir else []),
         *(["--trl-checkpointing"] if args.trl_checkpointing else []),
     ]  # fmt: skip
 
@@ -313,6 +328,7 @@ def compare(args: argparse.Namespace, model: str, peak_flops: float) -> dict[str
         totals = [r["total"] for r in rollouts]
         flops = results[0]["flops"]
         median = statistics.median(totals)
+        gpu_peaks = [r["peak_gpu_memory_gib"] for r in results if r.get("peak_gpu_memory_gib")]
         out[system] = {
             "rollout_s": benchlib.summary(totals),
             "step_s": benchlib.summary([t / args.k for t in totals]),
@@ -320,6 +336,8 @@ def compare(args: argparse.Namespace, model: str, peak_flops: float) -> dict[str
             "tokens_per_s": statistics.median(r["tokens"] / r["total"] for r in rollouts),
             "completion_tokens": statistics.median(r["tokens"] for r in rollouts),
             "peak_rss_mb": max(res["peak_rss_mb"] for res in results),
+            "peak_gpu_memory_gib": max(gpu_peaks) if gpu_peaks else None,
+            "prompt_tokens_mean": statistics.fmean(res["prompt_tokens_mean"] for res in results),
             "other_cores": statistics.fmean(res["load"]["other_cores"] for res in results),
             "other_cpu_s": sum(res["load"]["other_cpu_s"] for res in results),
             "measured_wall_s": sum(res["load"]["wall_s"] for res in results),
@@ -352,6 +370,9 @@ def report(res: dict[str, Any], peak_flops: float) -> None:
             f"{r['peak_rss_mb']:6.0f}  {r['utilisation']:5.1%}  {r['other_cores_kept']:.2f}"
             f"         {r['quiet_rollouts']} (median of all: {r['all_rollouts_median_s']:.3f} s)"
         )
+    if res["ours"].get("peak_gpu_memory_gib"):
+        print("peak GPU memory GiB: " + ", ".join(
+            f"{s} {res[s]['peak_gpu_memory_gib']:.2f}" for s in ("ours", "trl")))  # fmt: skip
     flops = res["ours"]["flops_per_rollout"]
     print(
         f"model GFLOP per rollout: generate {flops['generate'] / 1e9:.2f}, old log-probs "
@@ -396,6 +417,23 @@ def main() -> None:
         default=0.25,
         help="keep rollouts during which other processes used at most this many cores",
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: both systems on the GPU (ours with hardware=gpu, TRL without use_cpu)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="where a directory model (qwen2_5_0_5b_shape: benchmarks/shape_model.py) lives",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the utilisation's peak (e.g. 989, an H100's dense bf16); default: measured fp32 "
+        "torch.mm on the CPU",
+    )
     parser.add_argument("--out", type=Path, help="write all results as JSON here")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -407,13 +445,17 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    peak, load = benchlib.matmul_flops()
     info = benchlib.machine()
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date']}")
-    print(
-        f"fp32 torch.mm 2048^2 on {args.threads} threads: {peak / 1e9:.0f} GFLOP/s "
-        f"(other processes {load.other_cores:.2f} cores)"
-    )
+    if args.peak_tflops:
+        peak = args.peak_tflops * 1e12
+        print(f"peak for utilisation: {args.peak_tflops:g} TFLOP/s (given); device {args.device}")
+    else:
+        peak, load = benchlib.matmul_flops()
+        print(
+            f"fp32 torch.mm 2048^2 on {args.threads} threads: {peak / 1e9:.0f} GFLOP/s "
+            f"(other processes {load.other_cores:.2f} cores)"
+        )
     print(f"precision {args.precision}; ours trainer.old_logprobs={args.old_logprobs}")
     print(
         f"shape: {args.prompts} prompts x {args.group} completions x {args.length} tokens, "
@@ -421,7 +463,7 @@ def main() -> None:
     )
     results = {"machine": info, "peak_flops": peak, "args": vars(args) | {"out": str(args.out)}}
     for model in args.models.split(","):
-        missing = benchlib.model_available(model)
+        missing = benchlib.model_available(model, args.model_dir)
         if missing:
             print(f"\n{model}: skipped, {missing}")
             continue
@@ -429,7 +471,7 @@ def main() -> None:
         results[model] = compare(args, model, peak)
         report(results[model], peak)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=1))
+        args.out.write_text(json.dumps(results, indent=1, default=str))  # paths in args
 
 
 if __name__ == "__main__":

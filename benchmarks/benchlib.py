@@ -155,8 +155,29 @@ def run_worker(script: Path, args: list[str]) -> tuple[dict[str, Any], Load]:
 # A token the model never emits, declared as the only EOS so that every completion runs to
 # max_completion_length in both systems (RL step times then compare like with like; with the
 # real EOS the trained tiny model stops after ~4 tokens).
-NEVER_EMITTED = {"tiny": "<unk>", "tiny_chain": "<unk>", "smollm2_135m": "<repo_name>"}
+NEVER_EMITTED = {
+    "tiny": "<unk>",
+    "tiny_chain": "<unk>",
+    "smollm2_135m": "<repo_name>",
+    # shape_model.py's random weights: no token is never emitted; this one is 1 in 151,936.
+    "qwen2_5_0_5b_shape": "<eos>",
+}
 EMBEDDED_MODELS = ("tiny", "tiny_chain")
+# Benchmark models that load from a directory (`--model-dir`) under a config group's options.
+DIRECTORY_MODELS = {"qwen2_5_0_5b_shape": "qwen2_5_0_5b_instruct"}
+
+
+def sync() -> None:
+    """Wait for queued CUDA work, so that host clocks time it (a no-op on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def peak_gpu_memory_gib() -> float | None:
+    """Peak memory PyTorch's allocator held on the current GPU, or None without CUDA."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def arithmetic_prompts(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -186,25 +207,34 @@ def prefix_reward(completion: str, answer: str) -> float:
     return float(completion.strip().startswith(answer))
 
 
-def train_config(model: str, overrides: Sequence[str] = ()) -> Any:
-    """The composed `tic-grpo train` config for `model=<model>` plus `overrides`."""
+def train_config(
+    model: str, overrides: Sequence[str] = (), model_dir: str | Path | None = None
+) -> Any:
+    """The composed `tic-grpo train` config for `model=<model>` plus `overrides`; a
+    DIRECTORY_MODELS name takes its group option and loads from `model_dir`."""
     from hydra import compose, initialize_config_module
 
     from tic_grpo_cli.config.schema import register_configs
 
+    chosen = [f"model={model}"]
+    if model in DIRECTORY_MODELS:
+        if model_dir is None:
+            raise ValueError(f"{model} loads from a directory: give --model-dir")
+        chosen = [f"model={DIRECTORY_MODELS[model]}", f"model.name_or_path={model_dir}"]
     register_configs()
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose("train", overrides=[f"model={model}", *overrides])
+        return compose("train", overrides=[*chosen, *overrides])
 
 
-def load_model(cfg: Any, model: str, threads: int):
-    """The model and tokenizer as `tic-grpo train` loads them, with EOS re-pointed."""
+def load_model(cfg: Any, model: str, threads: int, device: str = "cpu"):
+    """The model and tokenizer as `tic-grpo train` loads them (float32 weights, on
+    `device`), with EOS re-pointed."""
     from tic_grpo_cli.models import load_model_and_tokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     net, tokenizer = load_model_and_tokenizer(
-        cfg.model, torch.device("cpu"), torch.float32, cfg.hardware.mixed_precision
+        cfg.model, torch.device(device), torch.float32, cfg.hardware.mixed_precision
     )
     token = NEVER_EMITTED[model]
     tokenizer.eos_token = token
@@ -212,10 +242,12 @@ def load_model(cfg: Any, model: str, threads: int):
     return net, tokenizer
 
 
-def model_available(name: str) -> str | None:
+def model_available(name: str, model_dir: str | Path | None = None) -> str | None:
     """None if the model can be loaded offline, else why not."""
     if name in EMBEDDED_MODELS:
         return None
+    if name in DIRECTORY_MODELS:
+        return None if model_dir else "needs --model-dir (python benchmarks/shape_model.py DIR)"
     import importlib.metadata
     import importlib.util
 
