@@ -541,9 +541,16 @@ def record_cpu_reference(python: str) -> None:
         "what": "CPU figures for the GPU check's train runs (scripts/gpu_check.py TRAIN_RUNS)",
         "command": "python scripts/gpu_check.py --record-cpu-reference",
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "date": time.strftime("%Y-%m-%d %H:%M %Z")},
+                    "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _commit()},
         "runs": runs,
     }, indent=1) + "\n")  # fmt: skip
+
+
+def _commit() -> str:
+    """This checkout's commit, so a reference says which code it was measured with."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    return out.stdout.strip() or "unknown"
 
 
 def _cpu_model() -> str:
