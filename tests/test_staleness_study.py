@@ -37,15 +37,15 @@ def test_study_preset_cut_down_runs_skips_and_reports(tmp_path, monkeypatch):
     stamps = sorted(p.stat().st_mtime_ns for p in runs.glob("*/summary.json"))
     assert main(args) == 0  # finished jobs are skipped
     assert sorted(p.stat().st_mtime_ns for p in runs.glob("*/summary.json")) == stamps
-    text = report_module.report(tmp_path, threshold=0.0)
-    assert "| 2 | tic_decoupled (5e-5) | 1 |" in text
-    assert "| d | tic_decoupled − naive_grpo |" in text
+    text = report_module.report(tmp_path, {4: 0.0})
+    assert "| 4 | 2 | tic_decoupled (5e-5) | 1 |" in text
+    assert "| T (steps) | d | tic_decoupled − naive_grpo |" in text
     for name in ("staleness_study.png", "staleness_study_curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def _job(arm, d, seed, accs, lr="1e-4"):
-    return {"arm": arm, "d": d, "seed": seed, "lr": lr, "k": 4, "variant": "",
+    return {"arm": arm, "d": d, "seed": seed, "lr": lr, "k": 4, "variant": "", "length": 4,
             "record": {"eval": [[16 * i, a, 0.0] for i, a in enumerate(accs)],
                        "diag_by_k": {}}}  # fmt: skip
 
@@ -57,13 +57,13 @@ def test_final_auc_and_paired_differences_by_hand():
         _job("tic_behaviour", 4, 0, [0.4, 0.7, 0.9]),  # final 0.8 (+10), AUC 0.6667 (+6.67)
         _job("tic_behaviour", 4, 1, [0.4, 0.6, 0.7]),  # final 0.65 (+5), AUC 0.5667 (+3.33)
     ]
-    (row,) = [r for r in report_module.cell_rows(jobs, 0.65) if r["arm"] == "tic_behaviour"]
+    (row,) = [r for r in report_module.cell_rows(jobs, {4: 0.65}) if r["arm"] == "tic_behaviour"]
     # mean 0.725, std 0.1061, t(1) = 12.706: half-width 0.953
     assert row["final_acc"] == "0.725 [-0.228, 1.678]"
     assert row["auc"].startswith("0.617 ")
     assert row["reached"] == "2/2" and row["steps_to_threshold"].startswith("24 ")  # 16, 32
     finals = report_module.paired(jobs, report_module.final)
     # differences +10 and +5 points: mean +7.5, std 3.536, half-width 12.706 * 2.5 = 31.8
-    assert finals[-1] == "| 4 | +7.5 [-24.3, +39.3] (n=2) |"
+    assert finals[-1] == "| 4 | 4 | +7.5 [-24.3, +39.3] (n=2) |"
     aucs = report_module.paired(jobs, report_module.area_under_curve)
-    assert aucs[-1].startswith("| 4 | +5.0 [")
+    assert aucs[-1].startswith("| 4 | 4 | +5.0 [")
