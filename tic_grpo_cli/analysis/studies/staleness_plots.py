@@ -14,7 +14,8 @@ from tic_grpo_cli.sweep.stats import describe
 
 # AReaL (arXiv 2505.24298, Table 3: R1-Distill-Qwen-1.5B, AIME24), the figures quoted in
 # issue 26: PPO 42.0 synchronous and 23.3 at staleness 4; the decoupled objective 42.2 at
-# staleness 4. At staleness 0 proximal = behaviour, so the two objectives are one (42.0).
+# staleness 4. At staleness 0 proximal = behaviour, so the two objectives are one (42.0;
+# the two markers coincide there).
 AREAL = {"naive PPO (AReaL)": {0: 42.0, 4: 23.3}, "decoupled PPO (AReaL)": {0: 42.0, 4: 42.2}}
 
 
@@ -30,7 +31,9 @@ def _figure(cols: int, width: float, height: float):
 def plot_against_staleness(jobs: list[dict[str, Any]], path: Path) -> None:
     """Three panels against d (evenly spaced: 0, 2, 4, 8, 16): final test accuracy and the
     mean accuracy over the run, mean and 95% interval over seeds per arm (shifted sideways
-    so the arms do not hide each other); AReaL's published points for comparison."""
+    so the arms do not hide each other); AReaL's published points for comparison. The
+    4-step chains only: the 8-step extension has one d (curves and tables show it)."""
+    jobs = [j for j in jobs if j["length"] == 4]
     ds = sorted({j["d"] for j in jobs})
     arms = sorted({j["arm"] for j in jobs})
     fig, axes = _figure(3, 15.0, 4.6)
@@ -67,22 +70,24 @@ def plot_against_staleness(jobs: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_curves(jobs: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against step, one panel per d, mean and min-max band per arm."""
-    ds = sorted({j["d"] for j in jobs})
+    """Test accuracy against step, one panel per (chain length, d), mean and min-max band
+    per arm (each arm keeps its colour across panels)."""
+    panels = sorted({(j["length"], j["d"]) for j in jobs})
     arms = sorted({j["arm"] for j in jobs})
-    fig, axes = _figure(len(ds), max(3.6 * len(ds), 8.0), 4.2)
-    for ax, d in zip(axes, ds, strict=True):
+    fig, axes = _figure(len(panels), max(3.6 * len(panels), 8.0), 4.2)
+    for ax, (length, d) in zip(axes, panels, strict=True):
         for i, arm in enumerate(arms):
             series = [[(s, a) for s, a, _ in j["record"]["eval"]] for j in jobs
-                      if (j["arm"], j["d"]) == (arm, d)]  # fmt: skip
+                      if (j["arm"], j["d"], j["length"]) == (arm, d, length)]  # fmt: skip
             steps, mean, low, high = _band(series)
             if steps:
                 ax.plot(steps, mean, color=f"C{i}", marker=".", label=f"{arm} (n={len(series)})")
                 ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.12, linewidth=0)
-        ax.set_title(f"staleness d = {d}", fontsize="medium")
+        ax.set_title(f"{length}-step chains, d = {d}", fontsize="medium")
         ax.set(xlabel="optimizer step", ylabel="greedy test accuracy")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+    # Every arm once, from the panel with the most of them.
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[1]))
     fig.legend(handles, [lab.split(" (n=")[0] for lab in labels], loc="outside lower center",
                ncols=min(len(labels), 6) or 1)  # fmt: skip
     fig.savefig(path, dpi=100)
