@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -103,3 +105,19 @@ def test_omp_num_threads_fixes_the_pool(monkeypatch):
     machine.run(3.0)
     assert pool.adjust() == 1
     assert threads.CpuThreads(fixed=3).start() == 3  # hardware.num_threads still wins
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_busy_cpu_seconds_are_the_machines_work_time():
+    """Work time as /proc/stat counts it: user, nice, system, irq and softirq (not idle,
+    iowait or steal), all processes since boot."""
+
+    def from_proc_stat() -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+
+    before = from_proc_stat()
+    busy = threads.busy_cpu_seconds()
+    after = from_proc_stat()
+    assert before - 0.05 <= busy <= after + 0.05
