@@ -12,8 +12,10 @@ import os
 
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from tic_grpo_cli.config.overrides import composition_error
 from tic_grpo_cli.config.schema import register_configs
 from tic_grpo_cli.runs.run_dir import register_resolvers
 
@@ -43,11 +45,15 @@ def compose_config(*overrides: str, name: str = "train", hydra: bool = False) ->
     composed against the registered schemas; `hydra=True` keeps the `hydra` node (run dirs,
     launchers, sweeper params). A data set's node alone is `compose_config("dataset=x").dataset`.
 
-    Raises hydra.errors.ConfigCompositionException on an unknown key, option or bad value."""
+    Raises UserError, as the CLI reports it, on an unknown key or option or a bad value:
+    ConfigError naming the key for a value outside a field's choices."""
     register_configs()
     register_resolvers()  # ${tic_grpo.pid:} in the run dirs: the CLI registers it on import
     with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+        try:
+            return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+        except HydraException as err:
+            raise composition_error(err, list(overrides)) from err
 
 
 def pytest_collection_modifyitems(config, items):

@@ -118,9 +118,10 @@ def test_algorithm_option_sets_its_name():
     ],
 )
 def test_semantic_errors_name_the_key(overrides, key):
-    cfg = compose_config(*overrides)
+    # A value outside a field's choices is refused as the config is composed, the others
+    # when it is validated.
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate_train(cfg)
+        validate_train(compose_config(*overrides))
 
 
 def test_sweep_config_composes_with_its_default_grid():
@@ -131,11 +132,12 @@ def test_sweep_config_composes_with_its_default_grid():
 
 
 def test_config_names_match_the_algorithm_library():
-    # config.py keeps its own copies so that `--help` need not import torch.
+    # config/choices.py keeps its own copies so that `--help` need not import torch.
     from tic_grpo_cli import algorithms
-    from tic_grpo_cli.algorithms import core
-    from tic_grpo_cli.config import schema as config
+    from tic_grpo_cli.algorithms import core, correction
+    from tic_grpo_cli.config import choices
 
-    assert set(config.ALGORITHMS) == set(algorithms.ALGORITHMS)
-    assert set(config.AGGREGATIONS) == set(core.AGGREGATIONS)
-    assert set(config.KL_ESTIMATORS) == set(core.KL_ESTIMATORS)
+    assert {c.value for c in choices.AlgorithmName} == set(algorithms.ALGORITHMS)
+    assert {c.value for c in choices.Aggregation} == set(core.AGGREGATIONS)
+    assert {c.value for c in choices.KlEstimator} == set(core.KL_ESTIMATORS)
+    assert {c.value for c in choices.RolloutCorrection} == set(correction.CORRECTIONS)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from tests.conftest import compose_config
+from tic_grpo_cli.config.choices import AlgorithmName
 from tic_grpo_cli.config.schema import TrainerConfig
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.runs import checkpoint as ckpt
@@ -100,3 +103,16 @@ def test_the_newest_complete_checkpoint_wins_whatever_latest_says(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4]
     with pytest.raises(UserError, match="step_8 is incomplete \\(missing model weights\\)"):
         ckpt.resolve_checkpoint(tmp_path / "checkpoints" / "step_8")
+
+
+def test_a_configs_choices_are_stored_as_plain_strings(tmp_path):
+    # The config in the trainer state holds Enum choices; weights_only loading refuses
+    # those, and a checkpoint must not depend on the schema's class names.
+    config = OmegaConf.to_container(compose_config("algorithm=grpo", "hardware.device=cpu"))
+    state = {"step": 2, "config": config, "rng": (3, [AlgorithmName.tic])}
+    path = ckpt.save_checkpoint(tmp_path, 2, writer("s2"), state)
+    saved = ckpt.load_trainer_state(path)
+    assert saved["config"]["algorithm"]["name"] == "grpo"
+    assert type(saved["config"]["algorithm"]["name"]) is str
+    assert type(saved["config"]["hardware"]["device"]) is str
+    assert saved["rng"] == (3, ["tic"]) and type(saved["rng"][1][0]) is str
