@@ -34,3 +34,9 @@ def test_every_member_is_named_as_its_value():
     assert len(sets) > 10
     for choice in sets:
         assert [m.name for m in choice] == [m.value for m in choice], choice
+
+
+def test_the_scorers_are_the_rewards_ones():
+    from tic_grpo_cli.data.rewards import SCORER_NAMES
+
+    assert {s.value for s in choices.Scorer} == {"auto", *SCORER_NAMES}

@@ -91,7 +91,11 @@ def test_score_with_weighted_reward_functions(tmp_path, monkeypatch, capsys):
         ("not json\n", [], r"line 1: not JSON"),
         ("", [], r"no rows"),
         ('{"completion": "1", "answer": "1"}\n', ["scorer=maths"], r"scorer: got 'maths'"),
-        ('{"completion": "1", "answer": "1"}\n', ["scorrer=math"], r"scorrer: Key 'scorrer'"),
+        (
+            '{"completion": "1", "answer": "1"}\n',
+            ["scorrer=math"],
+            r"scorrer: no such config key; did you mean scorer\?",
+        ),
         ('{"completion": "1", "answer": "1"}\n', ["scorer=countdown"], r"needs a `numbers`"),
         ('{"completion": "1", "answer": "1"}\n', ["reward.fns=[x]"], r"reward\.fns: got 'x'"),
     ],
@@ -113,3 +117,15 @@ def test_score_never_overwrites_and_reads_what_exists(tmp_path, capsys):
     assert "exists; choose a new file name" in capsys.readouterr().err
     assert read_jsonl(source) == ROWS[:1]  # untouched
     assert main(["score"]) == 0 and "usage: tic-grpo score" in capsys.readouterr().out
+
+
+def test_score_is_a_hydra_app_that_writes_nothing_of_its_own(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--cfg", "job", "input=mine.jsonl", "scorer=math"]) == 0
+    shown = capsys.readouterr().out
+    assert "input: mine.jsonl" in shown and "scorer: math" in shown
+    assert main(["score", "--help"]) == 0
+    assert "usage: tic-grpo score input=FILE.jsonl" in capsys.readouterr().out
+    source = write_jsonl(tmp_path / "mine.jsonl", ROWS[:1])
+    assert main(["score", f"input={source}", "hydra.job.name=mine"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl"]  # no run dir, no log
