@@ -289,8 +289,8 @@ def worker_mismatch(dry: bool) -> dict[str, Any]:
     loss, and what mismatch/* logs during training."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from gpu_helpers import logprob_gap
+    sys.path.insert(0, str(ROOT))  # tests/ is a package: tests.gpu_helpers
+    from tests.gpu_helpers import logprob_gap
 
     device = torch.device("cpu" if dry else "cuda")
     out = {}

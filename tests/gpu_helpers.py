@@ -5,10 +5,8 @@ its tokens sit from the trainer's."""
 from __future__ import annotations
 
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
 
-from tic_grpo_cli.config.schema import register_configs
+from tests.conftest import compose_config
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.train.rollout import collect_rollout
@@ -16,13 +14,6 @@ from tic_grpo_cli.train.update import batch_logprobs
 
 # The embedded models and the tasks they were built for.
 PRESETS = {"tiny": (), "tiny_chain": ("experiment=chain",)}
-
-
-def compose_train(*overrides: str) -> DictConfig:
-    """The composed `tic-grpo train` config, W&B off."""
-    register_configs()
-    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose("train", overrides=["wandb.mode=disabled", *overrides])
 
 
 def logprob_gap(
@@ -33,7 +24,7 @@ def logprob_gap(
     and measure |sampler - trainer| per token and per sequence (the sum, what TIC-GRPO's
     trajectory ratio sees)."""
     precision = "bf16" if amp else "none"
-    cfg = compose_train(*PRESETS[model_name], f"hardware.mixed_precision={precision}",
+    cfg = compose_config("wandb.mode=disabled", *PRESETS[model_name], f"hardware.mixed_precision={precision}",
                         f"seed={seed}")  # fmt: skip
     torch.manual_seed(seed)
     model, tokenizer = load_model_and_tokenizer(

@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-
-from tic_grpo_cli.config.schema import register_configs
+from tests.conftest import compose_config
 from tic_grpo_cli.data import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +15,9 @@ EXAMPLE = ROOT / "examples" / "my_task"
 
 
 def example_dataset(path: Path, tmp_path: Path, *extra: str):
-    register_configs()
-    overrides = ["dataset=jsonl", f"dataset.path={path}", f"dataset.cache_dir={tmp_path}", *extra]
-    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose("train", overrides=overrides).dataset
+    """The `dataset=jsonl` node for the data at `path`, its cache in `tmp_path`."""
+    cache = f"dataset.cache_dir={tmp_path}"
+    return compose_config("dataset=jsonl", f"dataset.path={path}", cache, *extra).dataset
 
 
 def test_the_example_directory_gives_both_splits(tmp_path):

@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 import torch
-from gpu_helpers import compose_train, logprob_gap
-from test_train import SMALL, deterministic
 
+from tests.conftest import SMALL_RUN, compose_config
+from tests.gpu_helpers import logprob_gap
+from tests.train.test_loop import deterministic
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.models import load_model_and_tokenizer, resolve_device, resolve_dtype
 from tic_grpo_cli.runs.checkpoint import load_trainer_state
@@ -33,7 +34,7 @@ CUDA = torch.device("cuda")
 
 
 def gpu_cfg(*overrides: str):
-    return compose_train(*SMALL, "hardware=gpu", *overrides)
+    return compose_config(*SMALL_RUN, "hardware=gpu", *overrides)
 
 
 def test_hardware_gpu_puts_model_rollout_and_optimizer_state_on_cuda():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -168,6 +169,23 @@ def eval_app(cfg: DictConfig) -> None:
     _guarded(lambda: evaluate(cfg, run_dir))
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="score")
+def score_app(cfg: DictConfig) -> float:
+    from tic_grpo_cli.evaluation.score import run, validate
+
+    _guarded(lambda: validate(cfg))
+    return _guarded(lambda: run(cfg))["accuracy"]
+
+
+def _score_schema() -> Callable[[DictConfig], None]:
+    """Register `tic-grpo score`'s schema (only when that command runs: its module loads the
+    rewards) and return its validation."""
+    from tic_grpo_cli.evaluation.score import ScoreConfig, validate
+
+    ConfigStore.instance().store(name="score_schema", node=ScoreConfig)
+    return validate
+
+
 def _usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = [
@@ -245,17 +263,30 @@ def main(argv: list[str] | None = None) -> int:
 
         return analyze_main(rest)
     if command == "score":
-        from tic_grpo_cli.evaluation.score import main as score_main
+        # Its exit status is main's return value, as before it was a Hydra app: a script
+        # calling main gets 2 for bad input, not the SystemExit train and eval raise.
+        try:
+            return _run_app(command, rest or ["--help"])  # nothing to score: say how
+        except SystemExit as stop:
+            code = stop.code  # None is success, a message a failure (as Python exits)
+            return code if isinstance(code, int) else int(code is not None)
+    return _run_app(command, rest)
 
-        return score_main(rest)
+
+def _run_app(command: str, args: list[str]) -> int:
+    """Check the overrides of `tic-grpo <command> <args>`, then run its Hydra app."""
     apps = {
-        "train": (train_app, rest),
-        "eval": (eval_app, _eval_argv(rest)),
-        "sweep": (sweep_app, _sweep_argv(rest)),
+        "train": (train_app, args),
+        "eval": (eval_app, _eval_argv(args)),
+        "sweep": (sweep_app, _sweep_argv(args)),
+        "score": (score_app, args),
     }
     app, app_args = apps[command]
     if not any(a.startswith("aggregate=") for a in app_args):
-        validate = validate_eval if command == "eval" else validate_train
+        if command == "score":
+            validate = _score_schema()
+        else:
+            validate = validate_eval if command == "eval" else validate_train
         _guarded(lambda: overrides.check(command, app_args, validate))
     # Hydra parses sys.argv itself; the program name keeps the subcommand so that help and
     # error messages show the command the user typed. Printed commands still need the real one.

@@ -11,7 +11,9 @@ fails at once instead of after the first job. Runs before Hydra creates a run di
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -21,7 +23,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
+from tic_grpo_cli.config.choices import Choice
+from tic_grpo_cli.config.validation import not_one_of
 from tic_grpo_cli.errors import UserError, did_you_mean, suggest
 
 # Hydra's own flags: its messages (or its help) stand, nothing to compose.
@@ -276,14 +281,38 @@ def _walk(node: DictConfig, prefix: str) -> Iterator[str]:
 def _compose(config_name: str, search: list[str], overrides: list[str]) -> DictConfig:
     try:
         return compose(config_name, overrides=[*search, *overrides])
-    except MissingConfigException as err:
+    except HydraException as err:
+        raise composition_error(err, overrides) from None
+
+
+def composition_error(err: HydraException, overrides: list[str]) -> UserError:
+    """The one line a failed composition with `overrides` is reported as: the group option
+    or key at fault and what is wrong; a value outside a field's choices gets a ConfigError
+    with the closest allowed values."""
+    if isinstance(err, MissingConfigException):
         group = str(err).split("Could not find '", 1)[-1].split("/", 1)[0]
         choice = next((o for o in overrides if o.lstrip("+").split("=")[0] == group), group)
-        raise UserError(
-            f"{choice}: no such option; allowed: {', '.join(err.options or [])}"
-        ) from None
-    except HydraException as err:
-        cause = err.__cause__
-        key = getattr(cause, "full_key", None)
-        detail = getattr(cause, "msg", None) or str(err).splitlines()[0]
-        raise UserError(f"{key or 'override'}: {str(detail).splitlines()[0]}") from None
+        return UserError(f"{choice}: no such option; allowed: {', '.join(err.options or [])}")
+    cause = err.__cause__
+    choices = _choice_of(cause)
+    if isinstance(cause, ValidationError) and choices is not None:
+        # OmegaConf's "Invalid value 'tics', expected one of [...]", with our hint.
+        return not_one_of(cause.full_key, cause.value, [member.value for member in choices])
+    key = getattr(cause, "full_key", None)
+    detail = getattr(cause, "msg", None) or str(err).splitlines()[0]
+    return UserError(f"{key or 'override'}: {str(detail).splitlines()[0]}")
+
+
+def _choice_of(err: BaseException | None) -> type[Choice] | None:
+    """The choices of the schema field a composition error is about (field `err.key` of the
+    dataclass `err.object_type`), or None when that field is no Enum."""
+    owner, key = getattr(err, "object_type", None), getattr(err, "key", None)
+    if not (isinstance(owner, type) and dataclasses.is_dataclass(owner)) or not isinstance(
+        key, str
+    ):
+        return None
+    hint = typing.get_type_hints(owner).get(key)
+    for candidate in (hint, *typing.get_args(hint)):  # `Aggregation | None` holds Aggregation
+        if isinstance(candidate, type) and issubclass(candidate, Choice):
+            return candidate
+    return None

@@ -1,10 +1,10 @@
 """Config schemas: one dataclass per group, registered in Hydra's ConfigStore.
 
 The primary configs (`conf/train.yaml`, `eval.yaml`, `sweep.yaml`) start from the schemas
-registered here, so every group option merges into a typed node: a wrong type or an
-unknown key fails when the config is composed, before any model or data set loads.
-`validation.py` adds the semantic checks (ranges, divisibility, allowed names) against the
-allowed values listed here.
+registered here, so every group option merges into a typed node: a wrong type, an
+unknown key or a value outside a field's choices (`choices.py`) fails when the config is
+composed, before any model or data set loads. `validation.py` adds the semantic checks
+(ranges, divisibility, keys that only make sense together).
 """
 
 from __future__ import annotations
@@ -15,26 +15,23 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from tic_grpo_cli.config.choices import (
+    Aggregation,
+    AlgorithmName,
+    Backend,
+    DatasetKind,
+    Device,
+    Distributed,
+    Dtype,
+    KlEstimator,
+    LrSchedule,
+    MixedPrecision,
+    OldLogprobs,
+    RolloutCorrection,
+    Scorer,
+    WandbMode,
+)
 from tic_grpo_cli.errors import UserError
-
-ALGORITHMS = (
-    "grpo", "grpo_no_is", "tic", "ub_clip", "traj_is", "gspo", "dr_grpo", "dapo",
-    "cispo", "gmpo", "dppo",
-)  # fmt: skip
-AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-CORRECTIONS = ("none", "token_tis", "seq_tis", "seq_mis")
-DATASET_KINDS = ("arithmetic", "countdown", "chain", "hf")
-SCORERS = ("auto", "exact", "number", "gsm8k", "math", "countdown")
-CHAT_TEMPLATE_MODES = ("auto", "true", "false")
-ARITHMETIC_OPERATORS = ("+", "-", "*")
-COUNTDOWN_OPERATORS = ("+", "-", "*", "/")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DISTRIBUTED = ("none", "ddp", "fsdp")
-BACKENDS = ("auto", "nccl", "gloo")
-LR_SCHEDULES = ("constant", "cosine", "wsd")
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 class ConfigError(UserError, ValueError):
@@ -43,19 +40,19 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "tic"
+    name: AlgorithmName = AlgorithmName.tic
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
     # None: the algorithm's own normalisation from the paper (arXiv 2508.02833).
-    aggregation: str | None = None
+    aggregation: Aggregation | None = None
     normalize_std: bool = True
     batch_std: bool = False
     length_corrected_advantage: bool = False
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
+    kl_estimator: KlEstimator = KlEstimator.k3
     # Sampler-trainer mismatch correction, a stop-gradient weight on each loss term when old
     # log-probs are recomputed: none | token_tis | seq_tis | seq_mis (docs/algorithms.md).
-    rollout_correction: str = "none"
+    rollout_correction: RolloutCorrection = RolloutCorrection.none
     # Its threshold C (> 1): weights capped at C (tis), completions outside [1/C, C] dropped (mis).
     rollout_correction_c: float = 2.0
 
@@ -81,7 +78,7 @@ class ModelConfig:
     gguf_package: str | None = None
     revision: str | None = None
     # auto: hardware.dtype (auto there too: bfloat16 on a GPU, float32 on the CPU).
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     # sdpa | eager | flash_attention_2 | null (the model's default).
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
@@ -93,7 +90,7 @@ class ModelConfig:
 class RewardConfig:
     # auto | exact | number | gsm8k | math | countdown; auto = the task's own scorer
     # (arithmetic: exact, countdown: countdown, hf: per row from data_source, else math).
-    scorer: str = "auto"
+    scorer: Scorer = Scorer.auto
     # A user reward function `package.module:function`, replacing the correctness term. It
     # is called as fn(completions, **fields) with one list per example field and returns one
     # number per completion, or {"reward": [...], "correct": [...]} (docs/rewards.md).
@@ -117,7 +114,7 @@ class RewardConfig:
 @dataclass
 class DatasetConfig:
     # arithmetic | countdown (generated offline) | hf (Hugging Face `datasets`).
-    kind: str = "arithmetic"
+    kind: DatasetKind = DatasetKind.arithmetic
     # Embedded tasks: generated from `seed`; train and test never share a problem.
     # For kind=hf, seed and test_size pick the held-out rows when test_split is null.
     seed: int = 0
@@ -156,17 +153,17 @@ class DatasetConfig:
 
 @dataclass
 class HardwareConfig:
-    device: str = "auto"
-    dtype: str = "float32"
+    device: Device = Device.auto
+    dtype: Dtype = Dtype.float32
     num_threads: int | None = None
     # none | ddp | fsdp: one process per device (docs/scaling.md).
-    distributed: str = "none"
+    distributed: Distributed = Distributed.none
     # auto: nccl on GPUs, gloo on the CPU.
-    backend: str = "auto"
+    backend: Backend = Backend.auto
     # Processes `tic-grpo train` starts on this machine (under torchrun, torchrun decides).
     nproc_per_node: int = 1
     # bf16: forward passes in bfloat16 autocast over float32 weights and optimizer state.
-    mixed_precision: str = "none"
+    mixed_precision: MixedPrecision = MixedPrecision.none
 
 
 @dataclass
@@ -181,7 +178,7 @@ class TrainerConfig:
     # before the first update) or sampler (the rollout's own; saves that pass, but the
     # sampler's numerics differ: ~1e-6 in float32 on the CPU, 0 under CPU bf16 autocast,
     # more with GPU bf16 kernels or another engine; logged as mismatch/*, docs/algorithms.md).
-    old_logprobs: str = "recompute"
+    old_logprobs: OldLogprobs = OldLogprobs.recompute
     # Off-policy rollouts (train/staleness.py): each update trains the rollout generated this
     # many rollouts earlier, sampled by a policy that many updates old (0: synchronous).
     # old_logprobs then picks the ratio's anchor: sampler = the behaviour policy mu, recompute
@@ -204,7 +201,7 @@ class TrainerConfig:
     # constant, then linear to 0 over the last decay_fraction of max_steps). The decay
     # settles the policy: the default run's last evaluations rise ~10 points with it and
     # stop swinging by 5-15 points (docs/models.md).
-    lr_schedule: str = "wsd"
+    lr_schedule: LrSchedule = LrSchedule.wsd
     decay_fraction: float = 0.33
     max_grad_norm: float = 1.0
     eval_every: int = 200
@@ -223,7 +220,7 @@ class TrainerConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
     project: str = "tic-grpo"
     entity: str | None = None
     name: str | None = None
@@ -290,7 +287,7 @@ class EvalConfig:
     hardware: HardwareConfig = MISSING
     checkpoint: CheckpointSelection = field(default_factory=CheckpointSelection)
     eval: EvalOptions = field(default_factory=EvalOptions)
-    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode="disabled"))
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(mode=WandbMode.disabled))
     seed: int = 0
 
 

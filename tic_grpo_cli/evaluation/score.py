@@ -5,65 +5,45 @@ Each input row holds `completion` and `answer` (plus any field a scorer or rewar
 reads: `data_source`, `numbers`, ...), or, as in an eval run's predictions.jsonl, a list
 `completions`. Output rows are the input rows plus `correct`, `extracted`, `normalized`,
 `reward` and `timed_out` (lists for a `completions` row). A summary table follows.
+
+The command is a Hydra app like train and eval (cli.score_app, conf/score.yaml: `--help`,
+`--cfg job`, the typo check); this module holds its schema and the work.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from tic_grpo_cli.config.choices import Scorer
 from tic_grpo_cli.config.schema import RewardConfig
 from tic_grpo_cli.config.validation import validate_reward
-from tic_grpo_cli.data.rewards import SCORER_NAMES, Rewarder, RewardResult
+from tic_grpo_cli.data.rewards import Rewarder, RewardResult
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.runs.files import atomic_write_jsonl
 
-USAGE = """usage: tic-grpo score input=FILE.jsonl [scorer=auto|gsm8k|math|number|exact|countdown]
-                      [output=FILE.jsonl] [reward.fn=mod:fn] [reward.fns=[mod:fn,...]]
-                      [reward.weights=[w,...]] [reward.format_pattern=REGEX]
-                      [reward.format_weight=W] [reward.correct_threshold=T]
-                      [reward.verify_timeout=SECONDS]
-
-Scores each row's `completion` (or an eval predictions.jsonl's `completions`) against its
-`answer` and prints accuracy, unparseable and timed-out fractions and the reward terms.
-scorer=auto picks per row: a verl data_source, else "####" in the answer means gsm8k,
-else math. The extraction rules: docs/rewards.md."""
 BATCH = 256  # rows per call of a user reward function
 
 
 @dataclass
 class ScoreConfig:
+    """`tic-grpo score`'s config (conf/score.yaml); registered by cli as score_schema."""
+
     input: str = MISSING
     output: str | None = None
-    scorer: str = "auto"
+    # The reward's scorer: reward.scorer is set from it.
+    scorer: Scorer = Scorer.auto
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
-def parse_args(args: list[str]) -> Any:
-    """`key=value` arguments (OmegaConf dotlist, as Hydra overrides) -> a checked config."""
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        raise UserError(f"{bad[0]!r}: arguments are key=value, e.g. input=data.jsonl")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ScoreConfig), OmegaConf.from_dotlist(args))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "argument"
-        reason = str(getattr(err, "msg", err)).splitlines()[0]
-        raise UserError(f"{key}: {reason} (keys: input, output, scorer, reward.*)") from None
-    if OmegaConf.is_missing(cfg, "input"):
-        raise UserError("input: required; e.g. tic-grpo score input=completions.jsonl")
-    if cfg.scorer not in ("auto", *SCORER_NAMES):
-        raise UserError(f"scorer: got {cfg.scorer!r}; allowed: auto, {', '.join(SCORER_NAMES)}")
-    cfg.reward.scorer = cfg.scorer
+def validate(cfg: Any) -> None:
+    """Semantic checks on a composed score config; raises ConfigError naming `reward.KEY`."""
     validate_reward(cfg.reward, prefix="reward")
-    return cfg
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -177,13 +157,17 @@ def print_summary(metrics: dict[str, float], title: str) -> None:
 
 
 def run(cfg: Any) -> dict[str, float]:
-    """Score `cfg.input`, write `cfg.output` if given, print and return the summary."""
+    """Score `cfg.input`, write `cfg.output` if given, print and return the summary. Raises
+    UserError for a missing input, an existing output or a bad row, before writing."""
+    if OmegaConf.is_missing(cfg, "input"):
+        raise UserError("input: required; e.g. tic-grpo score input=completions.jsonl")
     source = Path(cfg.input)
     target = None if cfg.output is None else Path(cfg.output)
     if target is not None and target.exists():
         raise UserError(f"output={target}: exists; choose a new file name (nothing is overwritten)")
     rows = read_rows(source)
-    rewarder = Rewarder(cfg.reward, "auto", prefix="reward")
+    reward = OmegaConf.merge(cfg.reward, {"scorer": cfg.scorer})
+    rewarder = Rewarder(reward, "auto", prefix="reward")
     _check_countdown_fields(rows, source, cfg.scorer)
     out, result = score_rows(rewarder, rows)
     if target is not None:
@@ -205,17 +189,3 @@ def _check_countdown_fields(rows: list[dict[str, Any]], path: Path, scorer: str)
                 f"{path} line {number}: the countdown scorer needs a `numbers` field "
                 "(the numbers the expression may use)"
             )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or {"-h", "--help", "help"} & set(args):
-        print(USAGE)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        run(parse_args(args))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def save_checkpoint(
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; readable like any dir
         write_model(tmp)
-        torch.save(trainer_state, tmp / STATE_FILE)
+        torch.save(plain(trainer_state), tmp / STATE_FILE)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         if final.exists():
@@ -132,6 +133,18 @@ def save_checkpoint(
         raise
     prune(run_dir, keep_last, keep_every)
     return final
+
+
+def plain(value: Any) -> Any:
+    """`value` with every Enum (a config's choices, config/choices.py) replaced by its value,
+    so the trainer state loads with `weights_only=True` and in any version of the code."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # not a namedtuple: its fields are positional
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 def kept_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:

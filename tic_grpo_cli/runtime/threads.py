@@ -21,12 +21,14 @@ import os
 import time
 from dataclasses import dataclass
 
+import psutil
 import torch
 
 log = logging.getLogger(__name__)
 
-# /proc/stat fields that are work on this machine: user nice system irq softirq.
-_BUSY_FIELDS = (0, 1, 2, 5, 6)
+# The machine-wide CPU times that are work (not idle, iowait or steal); a system without
+# one of them (irq and softirq are Linux's) counts it as 0.
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
 # A core counts as free when other processes leave at least this much of it.
 _FREE_SHARE = 0.7
 # Load is averaged over at least this long, so a short burst (an editor, a `git status`)
@@ -35,13 +37,13 @@ _WINDOW_S = 2.0
 
 
 def busy_cpu_seconds() -> float | None:
-    """CPU seconds every process on the machine has used since boot; None off Linux."""
+    """CPU seconds every process on the machine has used since boot (psutil reads them:
+    /proc/stat on Linux); None where they cannot be read."""
     try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
+        times = psutil.cpu_times()
+    except (OSError, psutil.Error):
         return None
-    return sum(int(fields[i]) for i in _BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
+    return sum(getattr(times, name, 0.0) for name in _BUSY_FIELDS)
 
 
 def own_cpu_seconds() -> float:
@@ -87,7 +89,7 @@ class CpuThreads:
         if self.fixed:
             return self._set(self.fixed)
         self._mark = _Mark.now()
-        if self._mark is None:  # no /proc/stat: every core, not adaptive
+        if self._mark is None:  # no machine-wide CPU times: every core, not adaptive
             return self._set(self.cores)
         time.sleep(0.2)
         threads = self._resize(min_wall=0.0, announce=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shlex
 import signal
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
 
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
@@ -99,9 +99,9 @@ class StopFlag:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Python, numpy, torch and every accelerator (transformers' set_seed); numpy takes only
+    seeds in [0, 2**32), so the seed is folded into that range (the ones in it unchanged)."""
+    set_seed(seed % 2**32)
 
 
 def save(

@@ -3,7 +3,7 @@
 A checkpoint (checkpoint.py) carries, besides the weights, `trainer_state.pt`: the counters
 of `TrainState`, the prompt sampler's position, the scheduler, the RNG states and the config
 the run was trained with. Restoring all of it makes a resumed run log what the uninterrupted
-one would have (tests/test_train.py kills a run and compares).
+one would have (tests/train/test_state.py kills a run and compares).
 """
 
 from __future__ import annotations
