@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from typing import Any
 
@@ -26,3 +27,30 @@ def console_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"))
     return handler
+
+
+def say(line: str) -> None:
+    """Print `line` on stderr, surviving a reader that is gone.
+
+    Ctrl-C under `tic-grpo train ... 2>&1 | tee log` ends `tee` as well, so the line that
+    follows the signal meets a closed pipe. The BrokenPipeError is swallowed and stdout and
+    stderr are pointed at /dev/null: otherwise the interpreter's final flush fails too and
+    turns the exit status into 120. Callers write anything that must survive (the command
+    that continues a run) to the run's log first.
+    """
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: the stream was closed in-process
+        silence_closed_streams()
+
+
+def silence_closed_streams() -> None:
+    """Point stdout and stderr at /dev/null: every later write, the exit flush included,
+    succeeds instead of raising BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (captured by a test, closed)
+            continue
+    os.close(devnull)
