@@ -165,7 +165,10 @@ def sweep_app(cfg: DictConfig) -> float | None:
 def eval_app(cfg: DictConfig) -> None:
     _guarded(lambda: validate_eval(cfg))
     from tic_grpo_cli.evaluation.evaluate import evaluate
+    from tic_grpo_cli.evaluation.run_config import adopt_run_config
 
+    # A training run is evaluated on its own task unless the command line says otherwise.
+    _guarded(lambda: adopt_run_config(cfg, list(HydraConfig.get().overrides.task)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _guarded(lambda: evaluate(cfg, run_dir))
 
