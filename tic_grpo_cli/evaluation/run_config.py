@@ -98,3 +98,13 @@ def _describe(cfg: DictConfig, group: str) -> str:
     if group == "model":
         return str(node.name_or_path)
     return str(node.path) if node.kind == "hf" else str(node.kind)
+
+
+def is_base_of_run(cfg: DictConfig, train_dir: Path | None) -> bool:
+    """Whether `cfg.model` loads the model the run at `train_dir` started from: the same
+    source (name, GGUF file) in its saved config. Then evaluating it is the run's step 0."""
+    if train_dir is None or not (train_dir / ".hydra" / "config.yaml").is_file():
+        return False
+    saved = OmegaConf.load(train_dir / ".hydra" / "config.yaml").get("model") or {}
+    keys = ("name_or_path", "gguf_file", "gguf_package", "revision")
+    return all(saved.get(k) == cfg.model.get(k) for k in keys)
