@@ -23,6 +23,8 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tic_grpo_cli.logprobs import token_logprobs
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -94,16 +96,6 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     # softmax normalisation and the multinomial kernel (the trick vLLM uses).
     noise = torch.empty_like(logits).exponential_(generator=generator)
     return (logits - noise.log()).argmax(-1)
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log_softmax(logits / temperature)[tokens] in float32, without materialising the full
-    log_softmax. The division happens in float32, as in `sample_next`."""
-    logits = logits.float()
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def generate(
