@@ -24,9 +24,21 @@ def console_handler() -> logging.Handler:
         from rich.logging import RichHandler
 
         return RichHandler(console=console(), show_path=False, rich_tracebacks=False, markup=False)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _PipeHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"))
     return handler
+
+
+class _PipeHandler(logging.StreamHandler):
+    """A StreamHandler whose reader may go away: Ctrl-C under `tic-grpo train | tee log`
+    ends `tee`, and logging would print a "Logging error" traceback to the terminal for
+    every later line. Console lines then go to /dev/null; train.log keeps them all."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            _to_devnull([self.stream])
+            return
+        super().handleError(record)
 
 
 def say(line: str) -> None:
@@ -47,10 +59,14 @@ def say(line: str) -> None:
 def silence_closed_streams() -> None:
     """Point stdout and stderr at /dev/null: every later write, the exit flush included,
     succeeds instead of raising BrokenPipeError."""
+    _to_devnull([sys.stdout, sys.stderr])
+
+
+def _to_devnull(streams: list) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
+    for stream in streams:
         try:
             os.dup2(devnull, stream.fileno())
-        except (OSError, ValueError):  # no file descriptor (captured by a test, closed)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (captured, closed)
             continue
     os.close(devnull)
