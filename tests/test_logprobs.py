@@ -97,7 +97,8 @@ def test_memory_beyond_the_logits_and_their_gradient_is_bounded():
 
 def test_training_is_unchanged_when_the_log_probs_are_sliced(tmp_path, monkeypatch):
     """The trainer's numbers with slices of 37 logits (the tiny model's vocabulary is 101,
-    so every position is its own slice) against one slice: the formula as before."""
+    so every position is its own slice, and the head is applied slice by slice) against
+    one slice: the model's own forward and the formula as before."""
     from hydra import compose, initialize_config_module
 
     from tic_grpo_cli.config.schema import register_configs
@@ -127,4 +128,102 @@ def test_training_is_unchanged_when_the_log_probs_are_sliced(tmp_path, monkeypat
             {k: v for k, v in row.items() if not k.startswith(("time/", "throughput/"))}
             for row in read_jsonl(tmp_path / name / "metrics.jsonl")
         ]
-    assert runs["sliced"] == runs["whole"]
+    # The same samples, rewards and steps; the losses and ratios agree to float rounding
+    # (the head's matmul runs on slices, so its sums are taken in another order).
+    assert len(runs["sliced"]) == len(runs["whole"])
+    for sliced, whole in zip(runs["sliced"], runs["whole"], strict=True):
+        assert sliced.keys() == whole.keys()
+        for key, value in whole.items():
+            if key.startswith("mismatch/"):  # sampler vs trainer: rounding by definition
+                assert sliced[key] == pytest.approx(value, abs=1e-5), key
+            elif isinstance(value, float):
+                assert sliced[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+            else:
+                assert sliced[key] == value, key
+
+
+def small_llama(vocab: int = 300, model_type: str = "llama"):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_cls, model_cls = kinds[model_type]
+    config = config_cls(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    return model_cls(config).train()
+
+
+@pytest.mark.parametrize("chunk", [100, 1000, 10**9])  # a row in pieces, whole rows, one slice
+def test_the_sliced_head_equals_the_models_own_forward(monkeypatch, chunk):
+    from tic_grpo_cli.sampling import completion_logprobs
+
+    model = small_llama()
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(300, (3, 5), generator=g)
+    prompt_mask = torch.ones(3, 5, dtype=torch.bool)
+    prompt_mask[0, :2] = False  # left padding
+    completion = torch.randint(300, (3, 7), generator=g)
+    completion_mask = torch.ones(3, 7, dtype=torch.bool)
+    completion_mask[1, 4:] = False
+    args = (model, prompt, prompt_mask, completion, completion_mask)
+    results = {}
+    for name, size in (("forward", 2**62), ("sliced", chunk)):
+        monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", size)
+        model.zero_grad()
+        out = completion_logprobs(*args, temperature=0.8)
+        out.sum().backward()
+        results[name] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+    (a, grads_a), (b, grads_b) = results["forward"], results["sliced"]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+
+
+def test_only_plain_heads_are_sliced():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert logprobs.plain_head(small_llama()) is not None
+    assert logprobs.plain_head(small_llama(model_type="qwen2")) is not None
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
+    assert logprobs.plain_head(gpt2) is None  # not on the list: its own forward
+    assert logprobs.plain_head(torch.nn.Linear(2, 2)) is None
+
+
+HEAD_PEAK = textwrap.dedent(
+    """
+    import json, resource, torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    try:
+        import tic_grpo_cli.logprobs as lp
+        lp.CHUNK_ELEMENTS = 2**18
+    except ImportError:
+        pass
+    from tic_grpo_cli.sampling import completion_logprobs
+    torch.manual_seed(0)
+    vocab, rows, length = 32768, 4, 128
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(vocab, (rows, length))
+    ones = torch.ones(rows, length, dtype=torch.bool)
+    # A warm-up of one row: the allocator's and autograd's first-use costs come before.
+    completion_logprobs(model, ids[:1, :8], ones[:1, :8], ids[:1], ones[:1]).sum().backward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    completion_logprobs(model, ids[:, :8], ones[:, :8], ids, ones).sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rise": (after - before) * 1024, "logits": rows * length * vocab * 4}))
+    """
+)
+
+
+def test_the_sliced_head_never_holds_the_whole_logits():
+    """64 MB of logits for 4 x 128 tokens: the head applied slice by slice keeps the rise of
+    a forward and backward to a fraction of them (before: the logits, their gradient and
+    the log-prob temporaries, ~3x)."""
+    out = subprocess.run(
+        [sys.executable, "-c", HEAD_PEAK], capture_output=True, text=True, check=True, timeout=600
+    )
+    measured = json.loads(out.stdout)
+    assert measured["rise"] < 0.5 * measured["logits"], measured

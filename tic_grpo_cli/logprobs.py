@@ -13,6 +13,13 @@ model's head produced and the backward needs) and their gradient (which the head
 needs), only one slice's temporaries exist at a time. Each slice runs the same operations
 autograd would (`x - logsumexp(x)`; gradient `onehot * g - g * exp(x - lse)`, then `/ T`),
 so the result equals the unsliced formula to float rounding (tests/test_logprobs.py).
+
+`head_token_logprobs` goes one step further for models whose logits are just the head
+applied to the decoder's output (`plain_head`): it applies the head itself, one slice at a
+time under activation checkpointing, so neither the [B, L, V] logits nor their gradient
+ever exist whole; each slice's logits are computed again in the backward (one more head
+matmul, a few % of a step). The head's matmul then runs on slices, so logits agree with the
+whole-batch product to float rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 # Logits per slice: 2**24 float32 values are 64 MiB of temporaries; a slice of the tiny
 # model's whole micro-batch is one slice, so small vocabularies take a single pass.
@@ -106,3 +114,73 @@ class _SelectedLogprobs(torch.autograd.Function):
                 gx = gx / ctx.scale
             grad_logits[rows, positions] = gx
         return grad_logits, None, None
+
+
+# Architectures whose logits are exactly head(final hidden state): no soft cap or scale
+# follows the head (Gemma's, Cohere's do), so applying the head ourselves is the same model.
+PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output projection of `model` when `head_token_logprobs` may replace its forward's
+    last step: a transformers model of a `PLAIN_HEAD_MODELS` architecture whose head is a
+    plain Linear. None otherwise: other architectures, a LoRA (peft) wrapper, FSDP (the
+    root's hooks gather the head's weight only around the model's own forward)."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return None
+    if getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2 cannot have wrapped it
+        FSDPModule = ()
+    if isinstance(model, FSDPModule):
+        return None
+    head = model.get_output_embeddings()
+    return head if type(head) is torch.nn.Linear else None
+
+
+def model_token_logprobs(
+    model: torch.nn.Module, inputs: dict, tokens: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """log softmax(logits / temperature) of `tokens` [B, L], the last L tokens of
+    `inputs["input_ids"]`, as `model(**inputs)` predicts them: [B, L] float32.
+
+    A model with a `plain_head` whose [B, L, V] logits would exceed one slice runs its
+    decoder, then `head_token_logprobs`; any other model its own forward, keeping the
+    logits of the L + 1 last positions only, then `token_logprobs`."""
+    length = tokens.shape[1]
+    head = plain_head(model)
+    if head is not None and tokens.numel() * head.out_features > CHUNK_ELEMENTS:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
+        # Position t predicts token t + 1: the last prompt position the first completion
+        # token; the final position predicts nothing.
+        return head_token_logprobs(hidden[:, -length - 1 : -1], head, tokens, temperature)
+    out = model(**inputs, logits_to_keep=length + 1)  # the same positions, then the last
+    return token_logprobs(out.logits[:, :-1], tokens, temperature)
+
+
+def head_token_logprobs(
+    hidden: Tensor, head: torch.nn.Linear, tokens: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """log softmax(head(hidden) / temperature)[tokens], [N, L] float32, without the [N, L, V]
+    logits: `hidden` [N, L, H] goes through `head` one slice of at most CHUNK_ELEMENTS logits
+    at a time, each slice checkpointed (its logits recomputed in the backward)."""
+    rows, length, _ = hidden.shape
+    shape = torch.Size((rows, length, head.out_features))
+    parts = [
+        (r, checkpoint(_slice_logprobs, hidden[r, p], head, tokens[r, p], temperature,
+                       use_reentrant=False))
+        for r, p in _slices(shape)
+    ]  # fmt: skip
+    # Slices are whole rows, or pieces of one row in order: put each row together first.
+    by_row: dict[int, list[Tensor]] = {}
+    for r, part in parts:
+        by_row.setdefault(r.start, []).append(part)
+    return torch.cat([torch.cat(pieces, dim=1) for pieces in by_row.values()])
+
+
+def _slice_logprobs(hidden: Tensor, head: torch.nn.Linear, tokens: Tensor, temperature: float):
+    return token_logprobs(head(hidden), tokens, temperature)

@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from tic_grpo_cli.logprobs import token_logprobs
+from tic_grpo_cli.logprobs import model_token_logprobs, token_logprobs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -376,17 +376,12 @@ def _completion_logprobs_chunk(
     completion_mask: Tensor,
     temperature: float,
 ) -> Tensor:
-    completion_len = completion_ids.shape[1]
     mask = torch.cat([prompt_mask, completion_mask], dim=1).bool()
-    out = model(
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=False,
-        # The last prompt position predicts the first completion token; the final position
-        # predicts nothing and is dropped below.
-        logits_to_keep=completion_len + 1,
-    )
-    logits = out.logits[:, :-1]
-    logprobs = token_logprobs(logits, completion_ids, temperature)
+    inputs = {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": mask,
+        "position_ids": position_ids_from_mask(mask),
+        "use_cache": False,
+    }
+    logprobs = model_token_logprobs(model, inputs, completion_ids, temperature)
     return logprobs.masked_fill(~completion_mask.bool(), 0.0)
