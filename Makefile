@@ -29,13 +29,13 @@ train: $(STAMP)
 	$(VENV)/bin/tic-grpo train $(ARGS)
 
 ## Lint, then the test suite (slow and GPU tests excluded; `make test-all` runs the slow ones).
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/pytest -q -m "$(PYTEST_MARKERS)" $(ARGS)
 
 test-all: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not gpu" $(ARGS)
 
+## The project's own code (pyproject.toml's [tool.ruff] include), never a user's file beside it.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 

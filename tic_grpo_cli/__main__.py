@@ -11,7 +11,12 @@ def main() -> int:
 
         return cli_main()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        try:
+            print("interrupted", file=sys.stderr, flush=True)
+        except BrokenPipeError:  # Ctrl-C under `| tee` ended the reader too
+            from tic_grpo_cli.runtime.console import silence_closed_streams
+
+            silence_closed_streams()
         return 130
 
 

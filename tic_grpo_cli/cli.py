@@ -26,6 +26,7 @@ from tic_grpo_cli.config.schema import register_configs
 from tic_grpo_cli.config.validation import validate_eval, validate_train
 from tic_grpo_cli.errors import Interrupted, UserError, did_you_mean, program, suggest
 from tic_grpo_cli.runs.run_dir import register_resolvers
+from tic_grpo_cli.runtime.console import say
 
 CONFIG_PATH = "pkg://tic_grpo_cli.conf"
 SUBCOMMANDS = {
@@ -53,17 +54,18 @@ def _fail(message: str) -> None:
     """One line on stderr and exit 2: bad input is not a crash. A run dir that stays (it
     holds results, e.g. the step-0 evaluation before a reward function failed) gets the
     line in its train.log too, so the log says why the run ended."""
-    print(f"error: {message}", file=sys.stderr)
     _to_run_log(logging.ERROR, f"error: {message}")
+    say(f"error: {message}")
     raise SystemExit(2)
 
 
 def _stopped(message: str, code: int) -> None:
     """A run stopped on a signal, its checkpoint saved: not an error, so no `error:` prefix
-    and exit 128 + the signal's number. The line goes into the run's train.log too, so the
-    log says how to continue."""
-    print(message, file=sys.stderr)
+    and exit 128 + the signal's number. The line goes into the run's train.log first, so
+    the log says how to continue even when the terminal is gone (Ctrl-C under `| tee`
+    ends the reader of stderr: `say` survives that)."""
     _to_run_log(logging.WARNING, message)
+    say(message)
     raise SystemExit(code)
 
 
@@ -164,7 +166,10 @@ def sweep_app(cfg: DictConfig) -> float | None:
 def eval_app(cfg: DictConfig) -> None:
     _guarded(lambda: validate_eval(cfg))
     from tic_grpo_cli.evaluation.evaluate import evaluate
+    from tic_grpo_cli.evaluation.run_config import adopt_run_config
 
+    # A training run is evaluated on its own task unless the command line says otherwise.
+    _guarded(lambda: adopt_run_config(cfg, list(HydraConfig.get().overrides.task)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _guarded(lambda: evaluate(cfg, run_dir))
 

@@ -24,6 +24,8 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tic_grpo_cli.logprobs import model_token_logprobs, token_logprobs
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -95,16 +97,6 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     # softmax normalisation and the multinomial kernel (the trick vLLM uses).
     noise = torch.empty_like(logits).exponential_(generator=generator)
     return (logits - noise.log()).argmax(-1)
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log_softmax(logits / temperature)[tokens] in float32, without materialising the full
-    log_softmax. The division happens in float32, as in `sample_next`."""
-    logits = logits.float()
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def generate(
@@ -403,17 +395,12 @@ def _completion_logprobs_chunk(
     completion_mask: Tensor,
     temperature: float,
 ) -> Tensor:
-    completion_len = completion_ids.shape[1]
     mask = torch.cat([prompt_mask, completion_mask], dim=1).bool()
-    out = model(
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=False,
-        # The last prompt position predicts the first completion token; the final position
-        # predicts nothing and is dropped below.
-        logits_to_keep=completion_len + 1,
-    )
-    logits = out.logits[:, :-1]
-    logprobs = token_logprobs(logits, completion_ids, temperature)
+    inputs = {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": mask,
+        "position_ids": position_ids_from_mask(mask),
+        "use_cache": False,
+    }
+    logprobs = model_token_logprobs(model, inputs, completion_ids, temperature)
     return logprobs.masked_fill(~completion_mask.bool(), 0.0)

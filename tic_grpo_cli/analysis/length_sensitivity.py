@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from tic_grpo_cli.analysis.gradient_bias import MAX_COMPLETIONS, BiasConfig, run
@@ -90,33 +91,99 @@ def markdown(summary: list[dict], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], path: Path, steps: int) -> None:
+# Four series on one axis: no-IS's error and the drift nearly coincide (no-IS is
+# ∇J(θ_old) exactly), so each gets its own marker, line style and a small sideways offset.
+SERIES = (  # key, label, marker, line style, x offset
+    ("drift", "drift", "x", ":", -0.12),
+    ("err_no_is", "no-IS", "o", "-", -0.04),
+    ("err_grpo", "GRPO (1/T)", "s", "-", 0.04),
+    ("err_tic", "TIC", "^", "-", 0.12),
+)
+
+
+def setting_text(steps: int, eos: bool, vocab: int, seeds: list[int]) -> str:
+    """What a figure of this analysis must say it shows: the exact setting it ran."""
+    lengths = "ragged lengths (EOS may end early)" if eos else "every completion exactly T tokens"
+    return (
+        f"exact enumeration, vocab {vocab}, {lengths}, k = {steps} inner GRPO steps, "
+        f"seeds {', '.join(map(str, seeds))} (mean; bars: min–max)"
+    )
+
+
+def plot(
+    rows: list[dict], summary: list[dict], path: Path, steps: int, setting: str, command: str
+) -> None:
+    """Write length_sensitivity.png (`figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, summary, steps, setting, command)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(rows: list[dict], summary: list[dict], steps: int, setting: str, command: str):
+    """Left: each direction's error to ∇J(θ_k) and the drift against T; right: the share of
+    the drift GRPO leaves uncorrected, every seed drawn. Titled with `setting`, the command
+    that made it under the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lengths = [s["length"] for s in summary]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("err_no_is", "no-IS"), ("err_grpo", "GRPO (1/T)"), ("drift", "drift")):
-        left.plot(lengths, [s[key] for s in summary], marker="o", label=label)
-    left.plot(lengths, [max(s["err_tic"], 1e-16) for s in summary], marker="o", label="TIC")
-    left.set_yscale("log")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for key, label, marker, style, dx in SERIES:
+        mean, low, high = _spread(rows, summary, key)
+        if key == "err_tic":  # ~1e-16: on a linear axis at 0, its size said in the legend
+            label = f"TIC (max {max(r[key] for r in rows):.0e})"
+        left.errorbar(
+            [t + dx for t in lengths], mean, yerr=[low, high], marker=marker, ls=style,
+            capsize=2, ms=5, label=label, mfc="none" if marker in "os^" else None,
+        )  # fmt: skip
+    left.set_ylim(bottom=-0.02)
     left.set_xlabel("T")
+    left.set_xticks(lengths)
     left.set_ylabel(f"relative error to ∇J(θ_{steps})")
-    left.legend()
-    right.plot(lengths, [s["uncorrected"] for s in summary], marker="o", color="C1")
+    left.legend(fontsize=8)
+    seeds = sorted({r["seed"] for r in rows})
+    for i, seed in enumerate(seeds):
+        mine = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["length"])
+        offset = (i - (len(seeds) - 1) / 2) * 0.06
+        right.plot(
+            [r["length"] + offset for r in mine], [r["uncorrected"] for r in mine], ls="none",
+            marker=".", color="grey", alpha=0.7, label="each seed" if i == 0 else None,
+        )  # fmt: skip
+    right.plot(lengths, [s["uncorrected"] for s in summary], marker="o", color="C1", label="mean")
     right.axhline(1.0, color="grey", lw=0.8, ls="--")
-    right.set_ylim(0, max(1.2, *(s["uncorrected"] + 0.1 for s in summary)))
+    top = max(1.2, *(r["uncorrected"] + 0.1 for r in rows))
+    right.set_ylim(0, top)
     right.set_xlabel("T")
+    right.set_xticks(lengths)
     right.set_ylabel("GRPO error / no-IS error")
-    right.set_title("share of the drift GRPO leaves uncorrected")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    right.set_title("share of the drift GRPO leaves uncorrected", fontsize=10)
+    right.legend(fontsize=8)
+    fig.suptitle(setting, fontsize=9)
+    fig.text(0.5, 0.01, command, ha="center", fontsize=8, family="monospace", color="dimgrey")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
 
 
-def write(rows: list[dict], summary: list[dict], out: Path, steps: int) -> None:
+def _spread(rows: list[dict], summary: list[dict], key: str) -> tuple[list, list, list]:
+    """(mean, mean - min, max - mean) over seeds per length."""
+    mean, low, high = [], [], []
+    for s in summary:
+        values = [r[key] for r in rows if r["length"] == s["length"]]
+        m = s[key]
+        mean.append(m)
+        low.append(max(0.0, m - min(values)))
+        high.append(max(0.0, max(values) - m))
+    return mean, low, high
+
+
+def write(
+    rows: list[dict], summary: list[dict], out: Path, steps: int, setting: str = "",
+    command: str = "",
+) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "length_sensitivity.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -126,7 +193,7 @@ def write(rows: list[dict], summary: list[dict], out: Path, steps: int) -> None:
         json.dumps({"rows": rows, "summary": summary}, indent=1)
     )
     (out / "length_sensitivity.md").write_text(markdown(summary, steps))
-    plot(summary, out / "length_sensitivity.png", steps)
+    plot(rows, summary, out / "length_sensitivity.png", steps, setting, command)
 
 
 def _ints(text: str) -> list[int]:
@@ -164,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds
     ]
     summary = summarise(rows)
-    write(rows, summary, args.out, args.steps)
+    setting = setting_text(args.steps, args.eos, args.vocab, args.seeds)
+    given = sys.argv[1:] if argv is None else argv
+    shown = [a for i, a in enumerate(given) if a != "--out" and given[i - 1 : i] != ["--out"]]
+    command = " ".join(["tic-grpo analyze length-sensitivity", *shown])
+    write(rows, summary, args.out, args.steps, setting, command)
     print(markdown(summary, args.steps))
     print(f"wrote {args.out}/length_sensitivity.{{csv,json,md,png}}")
     return 0

@@ -45,8 +45,8 @@ def resume_argv(args: list[str]) -> list[str]:
     if saved is None:  # not a run of ours: train() says why
         return args
     flags, overrides = _split_flags(args)
-    given = {_override_key(a) for a in overrides}
-    merged = [o for o in saved if _override_key(o) not in given | {"resume"}] + overrides
+    given = {override_key(a) for a in overrides}
+    merged = [o for o in saved if override_key(o) not in given | {"resume"}] + overrides
     if not any(a.startswith("hydra.run.dir=") for a in args):
         merged += [f"hydra.run.dir={_quoted(run.absolute())}", "hydra.output_subdir=null"]
     # Hydra's flags first: argparse takes the overrides as one run of positionals.
@@ -72,7 +72,8 @@ def _saved_overrides(checkpoint: Path | None, run: Path) -> list[str] | None:
     return None
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key or config group an override sets (`+dataset.x=1` -> `dataset.x`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:

@@ -259,6 +259,9 @@ class CheckpointSelection:
     path: str | None = None
     # With a run dir: evaluate every checkpoint and draw accuracy against step.
     all: bool = False
+    # With `all`: the run's base model too, as step 0, so the curve starts where training
+    # did (only when the run's saved config names the model eval loads).
+    base: bool = True
 
 
 @dataclass

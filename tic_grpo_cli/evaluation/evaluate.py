@@ -28,6 +28,7 @@ from tic_grpo_cli.evaluation.report import (
     print_table,
     title_of,
 )
+from tic_grpo_cli.evaluation.run_config import is_base_of_run
 from tic_grpo_cli.evaluation.targets import Target, checkpoint_model_config, resolve_targets
 from tic_grpo_cli.runs.files import (
     atomic_write_json,
@@ -50,11 +51,14 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.eval.log_to_run and targets[0].train_dir is None:
         raise UserError("eval.log_to_run=true needs checkpoint=<a training run or its checkpoint>")
     _warn_dataset_mismatch(cfg, targets[0].train_dir)
+    if cfg.checkpoint.all and cfg.checkpoint.base:
+        targets = _with_base(cfg, targets)
 
     from tic_grpo_cli.models import resolve_device, resolve_dtype
     from tic_grpo_cli.runtime.threads import CpuThreads
 
-    task = _build_task(cfg, targets[0])
+    # A checkpoint's own tokenizer (the base model's, saved with it), not the base's loader.
+    task = _build_task(cfg, next((t for t in targets if t.checkpoint), targets[0]))
     CpuThreads(cfg.hardware.num_threads).start()
     device = resolve_device(cfg.hardware)
     dtype = resolve_dtype(cfg.model, cfg.hardware, device)
@@ -88,10 +92,40 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     title = title_of(cfg, results["dataset"])
     caption = f"run: {targets[0].train_dir}" if targets[0].train_dir else None
     if cfg.checkpoint.all:
-        plot_accuracy_vs_step(entries, run_dir / "accuracy_vs_step.png", title)
+        named = f"{_run_name(targets[0].train_dir)}\n{title}".lstrip()
+        plot_accuracy_vs_step(entries, run_dir / "accuracy_vs_step.png", named)
     print_table(entries, title, caption)
     log.info("results written to %s", run_dir / "results.json")
     return results
+
+
+def _with_base(cfg: DictConfig, targets: list[Target]) -> list[Target]:
+    """The run's base model first, as step 0, so the accuracy curve starts where training
+    did; only when the model config is the run's own (else the "base" would be another
+    model), which `tic-grpo eval checkpoint=<run>` arranges (run_config.py)."""
+    train_dir = targets[0].train_dir
+    if not is_base_of_run(cfg, train_dir):
+        log.info(
+            "checkpoint.base: %s's saved config does not name model %s; the curve starts "
+            "at the first checkpoint",
+            train_dir,
+            cfg.model.name_or_path,
+        )
+        return targets
+    return [Target(label="base", step=0, train_dir=train_dir), *targets]
+
+
+def _run_name(train_dir: Path | None) -> str:
+    """`tic · tiny · arithmetic · seed 0` of the training run, from its saved config."""
+    saved = None if train_dir is None else train_dir / ".hydra" / "config.yaml"
+    if saved is None or not saved.is_file():
+        return ""
+    from tic_grpo_cli.runs.curves import run_title
+
+    try:
+        return run_title(OmegaConf.load(saved))
+    except Exception:  # an older run's config without one of the keys: no name, no failure
+        return ""
 
 
 def _build_task(cfg: DictConfig, target: Target) -> Any:

@@ -54,7 +54,9 @@ def print_table(entries: list[dict[str, Any]], title: str, caption: str | None =
     same = {"pass@1", "accuracy"} if any(k.startswith("avg@") for k in metrics) else {"pass@1"}
     keys = [key for key in metrics if key not in same]
     table = Table(title=title, caption=caption)
-    table.add_column("checkpoint" if entries[0]["checkpoint"] else "model", overflow="fold")
+    # A run's checkpoints may follow its base model (checkpoint.base): still a checkpoint table.
+    checkpoints = any(e["checkpoint"] for e in entries)
+    table.add_column("checkpoint" if checkpoints else "model", overflow="fold")
     for key in keys:
         table.add_column(HEADERS.get(key, key), justify="right")
     for entry in entries:
@@ -69,6 +71,7 @@ def plot_accuracy_vs_step(entries: list[dict[str, Any]], out_path: Path, title: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     points = sorted((e for e in entries if e["step"] is not None), key=lambda e: e["step"])
     steps = [e["step"] for e in points]
@@ -79,9 +82,16 @@ def plot_accuracy_vs_step(entries: list[dict[str, Any]], out_path: Path, title: 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for key, label in curves.items():
         ax.plot(steps, [e["metrics"][key] for e in points], marker="o", label=label)
+    base = next((e for e in points if e["checkpoint"] is None and e["step"] == 0), None)
+    if base is not None:  # checkpoint.base: the model the run started from
+        ax.annotate(
+            "base model", (0, base["metrics"]["accuracy"]), textcoords="offset points",
+            xytext=(4, 8), fontsize=8,
+        )  # fmt: skip
     ax.legend()
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

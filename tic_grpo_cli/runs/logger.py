@@ -1,4 +1,4 @@
-"""What a training run logs to disk and W&B: metrics.jsonl, samples.jsonl, curves.png.
+"""What a training run logs to disk and W&B: metrics.jsonl, samples.jsonl (curves.png: curves.py).
 
 The same rows go to the local files and to W&B, so a user without an account sees the
 whole run in the run dir.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.runs.files import atomic_write, atomic_write_jsonl, read_jsonl
+from tic_grpo_cli.runs.files import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger("tic_grpo")
 
@@ -149,29 +149,3 @@ def _start_wandb(run_dir: Path, cfg: Any, config: dict[str, Any], resume_id: str
         resume="allow" if resume_id else None,
         settings=wandb.Settings(console="off", silent=True),
     )
-
-
-def plot_curves(metrics_path: Path, out_path: Path) -> None:
-    """Train reward and eval accuracy against step, for a glance without W&B."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_jsonl(metrics_path)
-    train = [(r["step"], r["reward/mean"]) for r in rows if r.get("reward/mean") is not None]
-    evals = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, points, title in (
-        (axes[0], train, "train reward (mean)"),
-        (axes[1], evals, "eval accuracy"),
-    ):
-        if points:
-            xs, ys = zip(*points, strict=False)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

@@ -53,6 +53,7 @@ from tic_grpo_cli.train.rollout import (
     pick_samples,
     rollout_metrics,
 )
+from tic_grpo_cli.train.signals import LearningSignals
 from tic_grpo_cli.train.staleness import QueuedRollout, RolloutQueue, rollouts_needed
 from tic_grpo_cli.train.state import (
     TrainState,
@@ -296,6 +297,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
     started, stop = time.perf_counter(), StopFlag()
+    signals = LearningSignals(tr.max_completion_length)  # warns when the run cannot learn
     state.tick(restart=True)
     if state.step == 0 and tr.eval_every > 0:
         evaluate(state)
@@ -330,6 +332,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             before = state.step
             tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
             state.tokens += tokens
+            if (warning := signals(rollout_metrics(rollout, tr.group_size))) and dist.is_main:
+                log.warning(warning)
             progress.update(state.step, reward=float(rollout.rewards.mean()),
                             eval_accuracy=state.last_eval,
                             tokens_per_s=tokens / (item.seconds + t2 - t1))  # fmt: skip

@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from tic_grpo_cli.evaluation.model_eval import evaluate_model, length_limit_warning
-from tic_grpo_cli.runs.logger import RunLogger, plot_curves
+from tic_grpo_cli.runs.curves import plot_curves, run_title
+from tic_grpo_cli.runs.logger import RunLogger
 from tic_grpo_cli.runtime.distributed import Dist
 from tic_grpo_cli.train.state import TrainState
 
@@ -78,5 +79,5 @@ class TrainEval:
             state.best_eval,
         )
         if dist.is_main:
-            plot_curves(self.logger.metrics_path, self.run_dir / "curves.png")
+            plot_curves(self.logger.metrics_path, self.run_dir / "curves.png", run_title(self.cfg))
         return state.last_eval
