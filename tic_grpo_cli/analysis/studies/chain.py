@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.analysis.studies import record as study
 from tic_grpo_cli.analysis.studies.common import (
     final,
     fmt_ci,
@@ -33,8 +31,8 @@ from tic_grpo_cli.analysis.studies.common import (
     main_variant,
     paired_table,
     reach,
+    study_records,
 )
-from tic_grpo_cli.sweep.jobs import find_jobs
 
 DEFAULT_DIR = Path("docs/results/chain_study")
 # Under DEFAULT_DIR: the study's jobs, and jobs of an arm at a rate other than its chosen one
@@ -67,24 +65,15 @@ _DESIGN = {"seed", "arm", "algorithm", "dataset", "experiment", "trainer.rollout
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
     """Finished jobs with a study record: arm, lr, K, chain length, seed, the record, and the
     job's variant: its overrides outside the study's design ("" for the study's own jobs)."""
-    if not sweep_dir.is_dir():
-        return []
     out = []
-    for job in find_jobs(sweep_dir):
-        record_path = job.dir / study.RECORD
-        if job.status != "finished" or not record_path.is_file():
-            continue
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+    for job, record, _, variant in study_records(sweep_dir, _DESIGN):
         facts = record.get("job")
         if not facts:
             continue
-        variant = {
-            k.lstrip("+"): v for k, v in job.overrides.items() if k.lstrip("+") not in _DESIGN
-        }
         out.append(
             {
                 "arm": arm_name(facts),
-                "variant": " ".join(f"{k}={v}" for k, v in sorted(variant.items())),
+                "variant": variant,
                 "lr": lr_text(facts["lr"]),
                 "k": facts["K"],
                 "length": facts["chain_length"],

@@ -4,10 +4,34 @@ learning-rate grid's choice. `chain.py` and `staleness.py` build their tables fr
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from tic_grpo_cli.analysis.studies import record as study
 from tic_grpo_cli.sweep.stats import describe
+from tic_grpo_cli.sweep.summary import find_jobs
+
+
+def study_records(
+    sweep_dir: Path, design: set[str]
+) -> Iterator[tuple[Any, dict[str, Any], dict[str, str], str]]:
+    """The finished jobs of a study's sweep dir that wrote a study record (record.RECORD):
+    (job, record, overrides with Hydra's leading '+' dropped, variant). The variant names the
+    overrides outside `design` ("k=v k=v", sorted; "" for the study's own jobs), so a cut-down
+    or supplementary run is reported apart from the study. Nothing if the dir is absent."""
+    if not sweep_dir.is_dir():
+        return
+    for job in find_jobs(sweep_dir):
+        path = job.dir / study.RECORD
+        if job.status != "finished" or not path.is_file():
+            continue
+        overrides = {k.lstrip("+"): v for k, v in job.overrides.items()}
+        variant = {k: v for k, v in overrides.items() if k not in design}
+        variant_text = " ".join(f"{k}={v}" for k, v in sorted(variant.items()))
+        yield job, json.loads(path.read_text(encoding="utf-8")), overrides, variant_text
 
 
 def lr_text(lr: float) -> str:

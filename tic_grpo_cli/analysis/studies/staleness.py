@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.analysis.studies import record as study
 from tic_grpo_cli.analysis.studies.chain import _thresholds
 from tic_grpo_cli.analysis.studies.common import (
     area_under_curve,
@@ -32,9 +30,9 @@ from tic_grpo_cli.analysis.studies.common import (
     main_variant,
     paired_table,
     reach,
+    study_records,
 )
 from tic_grpo_cli.runs.files import atomic_write_text
-from tic_grpo_cli.sweep.jobs import find_jobs
 
 DEFAULT_DIR = Path("docs/results/staleness_study")
 BASE = "naive_grpo"
@@ -60,22 +58,14 @@ _DESIGN = {"seed", "stale_arm", "algorithm", "experiment", "trainer.staleness", 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Finished jobs with a study record: arm, lr, staleness d, K, seed, the record, and the
     variant (overrides outside the design)."""
-    if not sweep_dir.is_dir():
-        return []
     out = []
-    for job in find_jobs(sweep_dir):
-        path = job.dir / study.RECORD
-        if job.status != "finished" or not path.is_file():
-            continue
-        record = json.loads(path.read_text(encoding="utf-8"))
+    for job, record, overrides, variant in study_records(sweep_dir, _DESIGN):
         facts = record.get("job") or {}
-        overrides = {k.lstrip("+"): v for k, v in job.overrides.items()}
         if "stale_arm" not in overrides:
             continue
-        variant = {k: v for k, v in overrides.items() if k not in _DESIGN}
         out.append({
             "arm": overrides["stale_arm"],
-            "variant": " ".join(f"{k}={v}" for k, v in sorted(variant.items())),
+            "variant": variant,
             "lr": lr_text(facts["lr"]),
             "d": int(facts.get("staleness", 0)),
             "length": facts.get("chain_length"),
