@@ -65,10 +65,17 @@ class LoraConfig:
     enabled: bool = False
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # Must stay 0: dropout would make the log-prob passes disagree (docs/models.md).
+    dropout: float = 0.0
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
+    # A saved adapter (a LoRA checkpoint's adapter/ dir): with enabled=true training starts
+    # from it; alone, it is merged into the weights (how eval loads a LoRA checkpoint).
+    adapter: str | None = None
+    # Every checkpoint also holds the merged model (config.json + weights); the final one
+    # (at trainer.max_steps) always does. Others hold the adapter only.
+    save_merged: bool = False
 
 
 @dataclass

@@ -134,6 +134,12 @@ def validate_common(cfg: DictConfig) -> None:
     _check(hw.num_threads is None or hw.num_threads >= 1, "hardware.num_threads", "must be >= 1")
     if model.lora.enabled:
         _check(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+    _check(
+        model.lora.dropout == 0,
+        "model.lora.dropout",
+        f"got {model.lora.dropout}; dropout is off in every model (LoRA's included) so the "
+        "log-prob passes agree (docs/models.md); drop the override",
+    )
 
 
 def validate_train(cfg: DictConfig) -> None:
