@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
@@ -196,12 +197,18 @@ def open_logger(
 
 
 def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
-    tr = cfg.trainer
+    tr, adapter = cfg.trainer, cfg.model.lora
+    trainable, total = lora.parameter_counts(model)
+    if adapter.enabled:
+        targets = ",".join(adapter.target_modules)
+        params = f"LoRA r={adapter.r} on {targets}: {trainable / 1e6:.2f}M of {total / 1e6:.2f}M"
+    else:
+        params = f"{total / 1e6:.2f}M"
     log.info(
-        "model %s (%.2fM params, %s on %s) | algorithm %s | batch %d prompts x %d "
+        "model %s (%s params trained, %s on %s) | algorithm %s | batch %d prompts x %d "
         "completions, K=%d minibatches x %d epoch(s) | %d steps | run dir %s",
         cfg.model.name_or_path,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        params,
         str(dtype).removeprefix("torch."),
         device,
         cfg.algorithm.name,
