@@ -23,6 +23,8 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tic_grpo_cli.encoding import encode_prompts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -124,17 +126,14 @@ def generate(
     (docs/algorithms.md). The generator makes sampling reproducible; a CPU generator
     works with a model on another device (it seeds a device generator). ``batch_size`` bounds
     how many prompts run through the model at once. The model is put in eval mode for the
-    call (no dropout while sampling) and restored afterwards.
+    call (no dropout while sampling) and restored afterwards. Prompts are encoded by
+    `encoding.prompt_ids` (a chat template's output gets no second BOS).
     """
     _check_sampling_args(prompts, max_new_tokens, temperature, top_p, top_k)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before generating")
     device = next(model.parameters()).device
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    prompt_ids = batch["input_ids"].to(device)
-    prompt_mask = batch["attention_mask"].to(device=device, dtype=torch.bool)
+    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts))
+    pad_id = tokenizer.pad_token_id
     sample = partial(
         sample_next,
         temperature=temperature,
