@@ -5,9 +5,11 @@ tokens a reward may see. Expected values come from the tokenizer and the model c
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -15,7 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tic_grpo_cli.config.schema import DatasetConfig, ModelConfig
 from tic_grpo_cli.data import build_task
-from tic_grpo_cli.models import load_tokenizer
+from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.models import TINY_DIR, load_tokenizer
 from tic_grpo_cli.sampling import generate
 
 CPU = torch.device("cpu")
@@ -91,3 +94,93 @@ def test_a_chat_prompt_is_fed_as_apply_chat_template_tokenizes_it():
     assert want["input_ids"].count(tokenizer.bos_token_id) == 1
     # Plain text still gets the BOS the tokenizer adds (the tiny model is trained so).
     assert gen.prompt_ids[1][gen.prompt_mask[1]].tolist() == tokenizer("7+8=")["input_ids"]
+
+
+# ------------------------------------------------------------------ limits at load
+
+
+def test_over_long_prompts_are_refused_at_load_with_a_count(tmp_path):
+    tokenizer = tiny_tokenizer()
+    rows = [{"question": f"{i}+{i}=" + " " * (20 if i in (3, 7) else 0), "answer": 2 * i}
+            for i in range(12)]  # fmt: skip
+    cfg = jsonl_cfg(tmp_path, rows, max_prompt_length=12)
+    train = build_task(jsonl_cfg(tmp_path, rows, max_prompt_length=None), tokenizer).train
+    lengths = [len(tokenizer(e["prompt"])["input_ids"]) for e in train]
+    over = [i for i, n in enumerate(lengths) if n > 12]
+    assert len(over) == 2
+    longest = max(over, key=lambda i: lengths[i])
+    with pytest.raises(UserError) as err:
+        build_task(cfg, tokenizer)
+    assert str(err.value) == (
+        f"dataset.max_prompt_length=12: 2 of {len(train)} train prompts are longer (longest "
+        f"{lengths[longest]} tokens, row {longest}); raise dataset.max_prompt_length, shorten "
+        "them, or set dataset.skip_bad_rows=true to skip them"
+    )
+    task = build_task(jsonl_cfg(tmp_path, rows, max_prompt_length=12, skip_bad_rows=True),
+                      tokenizer)  # fmt: skip
+    assert len(task.train) == len(train) - 2 and task.skipped["train"] == 2
+
+
+def test_prompt_and_completion_must_fit_the_models_context(tmp_path):
+    # A tokenizer that states no limit (SmolLM2's says 1e30): the context is the config's.
+    shutil.copytree(TINY_DIR, tmp_path, dirs_exist_ok=True)
+    for name, key, value in (("tokenizer_config.json", "model_max_length", None),
+                             ("config.json", "max_position_embeddings", 64)):  # fmt: skip
+        config = json.loads((tmp_path / name).read_text())
+        config.pop(key)
+        (tmp_path / name).write_text(
+            json.dumps(config if value is None else {**config, key: value})
+        )
+    tokenizer = load_tokenizer(OmegaConf.structured(ModelConfig(name_or_path=str(tmp_path))))
+    context = 64
+    task = build_task(dataset_cfg(max_prompt_length=None), None)
+    longest = max(len(tokenizer(e["prompt"])["input_ids"]) for e in task.train)
+    fits = build_task(dataset_cfg(max_completion_length=context - longest), tokenizer)
+    assert len(fits.train) == 20
+    with pytest.raises(UserError, match=(
+        rf"^dataset\.max_completion_length={context - longest + 1}: the longest train prompt "
+        rf"\({longest} tokens\) plus {context - longest + 1} completion tokens exceed the "
+        rf"model's context of {context} tokens")):  # fmt: skip
+        build_task(dataset_cfg(max_completion_length=context - longest + 1), tokenizer)
+
+
+def test_trainer_max_prompt_length_points_to_the_dataset_key():
+    from tic_grpo_cli.config import overrides
+    from tic_grpo_cli.config.schema import register_configs
+    from tic_grpo_cli.config.validation import validate_train
+
+    register_configs()
+    with pytest.raises(UserError, match=r"did you mean dataset\.max_prompt_length"):
+        overrides.check("train", ["trainer.max_prompt_length=300"], validate_train)
+
+
+# ------------------------------------------------------------------ chat templates fail early
+
+
+def test_a_template_that_refuses_a_system_turn_fails_at_task_build():
+    with pytest.raises(UserError) as err:
+        build_task(dataset_cfg(system_prompt="Be brief."), char_tokenizer(NO_SYSTEM_TEMPLATE))
+    message = str(err.value)
+    assert message.startswith("dataset.system_prompt: the chat template of ")
+    assert "System role not supported" in message and "\n" not in message
+
+
+def test_the_template_error_comes_before_the_model_loads(tmp_path, monkeypatch):
+    from test_train import make_cfg
+
+    from tic_grpo_cli.train.loop import train
+
+    class NoModel:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise AssertionError("the model was loaded before the prompts were checked")
+
+    model_dir = tmp_path / "gemma-like"
+    shutil.copytree(TINY_DIR, model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = NO_SYSTEM_TEMPLATE
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("tic_grpo_cli.models.AutoModelForCausalLM", NoModel)
+    cfg = make_cfg(f"model.name_or_path={model_dir}", "dataset.system_prompt=Be brief.")
+    with pytest.raises(UserError, match=r"^dataset\.system_prompt: .*System role not supported"):
+        train(cfg, tmp_path / "run")

@@ -104,12 +104,23 @@ def without_dropout(config: Any) -> Any:
     return config
 
 
+def model_context(config: Any) -> int | None:
+    """The longest sequence (prompt + completion) the model's positions cover, if known."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_tokenizer(model_cfg):
-    """The model's tokenizer alone, with a pad token and left padding.
+    """The model's tokenizer alone, with a pad token, left padding and `model_max_length`
+    no larger than the model's context (its config's `max_position_embeddings`).
 
     Loading it takes a fraction of the model's time, so callers build and check their data
-    with it (chat templates need it) before the model loads: a data error then costs
-    seconds, not a model load. Raises UserError when the source cannot be read."""
+    with it (chat templates, prompt lengths against the context) before the model loads: a
+    data error then costs seconds, not a model load. Raises UserError when the source cannot
+    be read."""
     source, kwargs = _source_and_kwargs(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -124,6 +135,10 @@ def load_tokenizer(model_cfg):
             )
         log.warning("tokenizer of %s has no pad token; using %r for padding", source, fallback)
         tokenizer.pad_token = fallback
+    # Many tokenizers say "no limit" (1e30, as SmolLM2's GGUF one does): the config knows.
+    context = model_context(load_config(model_cfg))
+    if context is not None and context < (tokenizer.model_max_length or context + 1):
+        tokenizer.model_max_length = context
     return tokenizer
 
 

@@ -158,6 +158,10 @@ class DatasetConfig:
     skip_bad_rows: bool = False
     # Longest completion the task needs: the generation limit T unless overridden.
     max_completion_length: int = 8
+    # Longest prompt in tokens (after the chat template); a longer one stops the run at load
+    # with a count (skip_bad_rows=true skips them instead). null: no limit. Prompt plus
+    # max_completion_length must fit the model's context either way.
+    max_prompt_length: int | None = 512
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
@@ -197,7 +201,6 @@ class TrainerConfig:
     # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
     generation_batch_size: int | None = None
     ppo_epochs: int = 1
-    max_prompt_length: int = 256
     max_completion_length: int = "${dataset.max_completion_length}"  # type: ignore[assignment]
     temperature: float = 1.0
     top_p: float = 1.0

@@ -49,6 +49,11 @@ def _validate_dataset(data: DictConfig) -> None:
     # YAML reads `true` as a bool, which the str field stores as "True".
     _one_of(str(data.use_chat_template).lower(), CHAT_TEMPLATE_MODES, "dataset.use_chat_template")
     _check(data.max_completion_length >= 1, "dataset.max_completion_length", "must be >= 1")
+    _check(
+        data.max_prompt_length is None or data.max_prompt_length >= 1,
+        "dataset.max_prompt_length",
+        "must be >= 1 or null (no limit)",
+    )
     if data.kind == "hf":
         _check(bool(data.path), "dataset.path", "required for kind=hf (a hub name or a file)")
         _check(
