@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tic_grpo_cli.config.schema import DatasetConfig, ModelConfig
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.models import TINY_DIR, load_tokenizer
+from tic_grpo_cli.models import TINY_DIR, load_model_and_tokenizer, load_tokenizer
 from tic_grpo_cli.sampling import generate
 
 CPU = torch.device("cpu")
@@ -184,3 +184,28 @@ def test_the_template_error_comes_before_the_model_loads(tmp_path, monkeypatch):
     cfg = make_cfg(f"model.name_or_path={model_dir}", "dataset.system_prompt=Be brief.")
     with pytest.raises(UserError, match=r"^dataset\.system_prompt: .*System role not supported"):
         train(cfg, tmp_path / "run")
+
+
+# ------------------------------------------------------------------ special tokens to rewards
+
+
+def test_rewards_see_special_tokens_when_asked():
+    from tic_grpo_cli.evaluation.model_eval import evaluate_model
+
+    model, tokenizer = load_model_and_tokenizer(OmegaConf.structured(ModelConfig()), CPU,
+                                                torch.float32)  # fmt: skip
+    prompts = ["1+2=", "37+85="]
+    kept = generate(model, tokenizer, prompts, 8, temperature=0, skip_special_tokens=False)
+    default = generate(model, tokenizer, prompts, 8, temperature=0)
+    for i, (ids, mask) in enumerate(zip(kept.completion_ids, kept.completion_mask, strict=True)):
+        tokens = ids[mask].tolist()
+        assert kept.texts[i] == tokenizer.decode(tokens, skip_special_tokens=False)
+        assert default.texts[i] == tokenizer.decode(tokens, skip_special_tokens=True)
+    assert any(text.endswith(tokenizer.eos_token) for text in kept.texts)
+
+    task = build_task(dataset_cfg(), tokenizer)
+    _, predictions = evaluate_model(model, tokenizer, task, limit=4, skip_special_tokens=False)
+    finished = [
+        c for p in predictions for c, f in zip(p["completions"], p["finished"], strict=True) if f
+    ]
+    assert finished and all(c.endswith(tokenizer.eos_token) for c in finished)

@@ -39,7 +39,7 @@ class Generation:
     # when greedy), before any top-k/top-p truncation: the policy the trainer scores with
     # `completion_logprobs(..., temperature=T)`, so the two agree to rounding; 0 on pad.
     logprobs: Tensor
-    texts: list[str]  # decoded completions, special tokens skipped
+    texts: list[str]  # decoded completions (special tokens skipped unless asked to keep them)
     finished: Tensor  # [B] bool: ended with EOS (False = truncated at max_new_tokens)
     # The sampling temperature (0: greedy). Scoring these completions for a ratio must use
     # the same one: `completion_logprobs(..., temperature=gen.temperature)`.
@@ -118,6 +118,7 @@ def generate(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    skip_special_tokens: bool = True,
 ) -> Generation:
     """Sample one completion per prompt (repeat a prompt G times for a group of G).
 
@@ -127,7 +128,7 @@ def generate(
     works with a model on another device (it seeds a device generator). ``batch_size`` bounds
     how many prompts run through the model at once. The model is put in eval mode for the
     call (no dropout while sampling) and restored afterwards. Prompts are encoded by
-    `encoding.prompt_ids` (a chat template's output gets no second BOS).
+    `encoding.prompt_ids`; ``skip_special_tokens``: whether ``texts`` (rewards) omit them.
     """
     _check_sampling_args(prompts, max_new_tokens, temperature, top_p, top_k)
     device = next(model.parameters()).device
@@ -163,7 +164,7 @@ def generate(
         ids[keep].tolist()
         for ids, keep in zip(completion_ids.cpu(), completion_mask.cpu(), strict=True)
     ]
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=skip_special_tokens)
     return Generation(
         prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, texts, finished,
         temperature,

@@ -119,6 +119,9 @@ class RewardConfig:
     # weight of that term; reward = correct + format_weight * format + sum(weights * fns).
     format_pattern: str | None = None
     format_weight: float = 0.0
+    # Completions are decoded for the scorer and reward functions without special tokens;
+    # false keeps them (a model whose <think> or tool-call tokens are special shows them).
+    skip_special_tokens: bool = True
 
 
 @dataclass

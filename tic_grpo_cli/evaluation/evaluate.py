@@ -147,6 +147,7 @@ def _evaluate_target(
         batch_size=ev.batch_size,
         seed=cfg.seed,
         progress=sys.stdout.isatty(),
+        skip_special_tokens=cfg.dataset.reward.skip_special_tokens,
     )
     log.info("%s: %s", target.checkpoint or target.label, format_metrics(metrics))
     entry = {
