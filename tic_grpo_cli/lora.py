@@ -142,7 +142,8 @@ def save_adapter(
     # peft would name the model's own source: a resume checkpoint, which pruning deletes.
     config.base_model_name_or_path = base_reference(base)
     extra = {} if state_dict is None else {"state_dict": state_dict}
-    model.save_pretrained(out_dir / ADAPTER_DIR, **extra)
+    # The vocabulary is never resized here, so peft need not fetch the base's config to check.
+    model.save_pretrained(out_dir / ADAPTER_DIR, save_embedding_layers=False, **extra)
     base_fields = {key: base.get(key) for key in SOURCE_KEYS}
     (out_dir / BASE_FILE).write_text(json.dumps(base_fields, indent=2) + "\n")
 
