@@ -209,3 +209,31 @@ def test_rewards_see_special_tokens_when_asked():
         c for p in predictions for c, f in zip(p["completions"], p["finished"], strict=True) if f
     ]
     assert finished and all(c.endswith(tokenizer.eos_token) for c in finished)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_training_rewards_see_the_completions_as_the_option_decodes_them(skip, monkeypatch):
+    from test_train import make_cfg
+
+    from tic_grpo_cli.train.rollout import collect_rollout
+
+    cfg = make_cfg(f"dataset.reward.skip_special_tokens={str(skip).lower()}")
+    model, tokenizer = load_model_and_tokenizer(cfg.model, CPU, torch.float32)
+    task = build_task(cfg.dataset, tokenizer)
+    seen: list[str] = []
+    score = task.score
+
+    def recording(texts, examples):
+        seen.extend(texts)
+        return score(texts, examples)
+
+    monkeypatch.setattr(task, "score", recording)
+    examples = [task.train[i] for i in range(cfg.trainer.rollout_batch_size)]
+    rollout = collect_rollout(model, tokenizer, task, examples, cfg,
+                              torch.Generator().manual_seed(0))  # fmt: skip
+    gen = rollout.gen
+    want = [tokenizer.decode(ids[mask].tolist(), skip_special_tokens=skip)
+            for ids, mask in zip(gen.completion_ids, gen.completion_mask, strict=True)]  # fmt: skip
+    assert seen == want
+    ended = [text.endswith(tokenizer.eos_token) for text in seen]
+    assert any(ended) != skip  # the tiny model ends some completions with EOS

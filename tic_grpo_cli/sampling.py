@@ -135,13 +135,9 @@ def generate(
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
     prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts))
     pad_id = tokenizer.pad_token_id
-    sample = partial(
-        sample_next,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        generator=_generator_on(device, generator),
-    )
+    generator = _generator_on(device, generator)
+    sample = partial(sample_next, temperature=temperature, top_p=top_p, top_k=top_k,
+                     generator=generator)  # fmt: skip
 
     chunk = batch_size or len(prompts)
     pieces = []
