@@ -237,3 +237,17 @@ def test_training_rewards_see_the_completions_as_the_option_decodes_them(skip, m
     assert seen == want
     ended = [text.endswith(tokenizer.eos_token) for text in seen]
     assert any(ended) != skip  # the tiny model ends some completions with EOS
+
+
+def test_a_template_that_opens_with_plain_text_gets_no_bos_added():
+    # Zephyr's (TinyLlama-Chat's) opens with `<|user|>`, no special token in its vocabulary.
+    tokenizer = char_tokenizer(
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    example = build_task(dataset_cfg(), tokenizer).train[0]
+    gen = generate(random_model(len(tokenizer)), tokenizer, [example["prompt"]], 1, temperature=0)
+    messages = [{"role": "user", "content": example["question"]}]
+    want = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    assert gen.prompt_ids[0][gen.prompt_mask[0]].tolist() == want["input_ids"]
+    assert tokenizer.bos_token_id not in want["input_ids"]

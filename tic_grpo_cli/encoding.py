@@ -5,6 +5,10 @@ DeepSeek-R1-Distill's write `{{ bos_token }}` first), so its output is encoded a
 as `apply_chat_template(tokenize=True)` encodes it; encoding it with the tokenizer's own
 special tokens added would put a second BOS in front. Plain text (a model without a chat
 template, like the tiny one, trained on `<bos> prompt`) gets the tokenizer's own.
+
+The data layer marks what a chat template rendered (`ChatPrompt`), so a template that opens
+with plain text (Zephyr's `<|user|>` is no special token) is encoded as written too; an
+unmarked prompt that opens with a special token (a caller's own rendering) counts as one.
 """
 
 from __future__ import annotations
@@ -12,6 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+
+class ChatPrompt(str):
+    """A prompt a chat template rendered: its ids are its text's, nothing added. Anything
+    loaded with `weights_only=True` (trainer_state.pt) must hold it as `str(prompt)`."""
+
+    __slots__ = ()
 
 
 def special_tokens(tokenizer: Any) -> tuple[str, ...]:
@@ -24,10 +35,13 @@ def special_tokens(tokenizer: Any) -> tuple[str, ...]:
 
 
 def prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    """The token ids each prompt feeds the model: a prompt that begins with a special token
-    (a chat template's output) as written, plain text with the tokenizer's special tokens."""
+    """The token ids each prompt feeds the model: a chat template's output (a `ChatPrompt`,
+    or any prompt that begins with a special token) as written, plain text with the
+    tokenizer's special tokens."""
     specials = special_tokens(tokenizer)
-    templated = [bool(specials) and p.startswith(specials) for p in prompts]
+    templated = [
+        isinstance(p, ChatPrompt) or (bool(specials) and p.startswith(specials)) for p in prompts
+    ]
     ids: list[list[int]] = [[] for _ in prompts]
     for as_written in (True, False):
         rows = [i for i, t in enumerate(templated) if t == as_written]

@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from tic_grpo_cli.encoding import ChatPrompt
 from tic_grpo_cli.errors import UserError
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
@@ -99,11 +100,12 @@ class PromptRenderer:
             messages.insert(0, {"role": "system", "content": str(self.system_prompt)})
         if self.chat_tokenizer is not None:
             try:
-                return self.chat_tokenizer.apply_chat_template(
+                rendered = self.chat_tokenizer.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True
                 )
             except Exception as err:  # jinja's TemplateError, or whatever a template raises
                 raise self._template_error(err) from err
+            return ChatPrompt(rendered)  # encoded as written: encoding.prompt_ids
         # No chat template (e.g. the embedded character-level model): plain text, so the
         # arithmetic prompt `37+85=` reaches the model exactly as generated.
         return "\n\n".join(str(m["content"]) for m in messages)
