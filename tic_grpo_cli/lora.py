@@ -125,10 +125,7 @@ def base_reference(model_cfg: dict[str, Any]) -> str:
     from tic_grpo_cli.models import EMBEDDED
 
     name = str(model_cfg["name_or_path"])
-    if name in EMBEDDED:
-        return str(EMBEDDED[name])
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    return str(EMBEDDED[name]) if name in EMBEDDED else str(_absolute_if_local(name))
 
 
 def save_adapter(
@@ -145,7 +142,21 @@ def save_adapter(
     # The vocabulary is never resized here, so peft need not fetch the base's config to check.
     model.save_pretrained(out_dir / ADAPTER_DIR, save_embedding_layers=False, **extra)
     base_fields = {key: base.get(key) for key in SOURCE_KEYS}
+    # A relative path would name another directory, or nothing, once eval or a resume runs
+    # elsewhere; a GGUF file named inside its package stays a name.
+    base_fields["name_or_path"] = _absolute_if_local(base_fields["name_or_path"])
+    if not base_fields.get("gguf_package"):
+        base_fields["gguf_file"] = _absolute_if_local(base_fields.get("gguf_file"))
     (out_dir / BASE_FILE).write_text(json.dumps(base_fields, indent=2) + "\n")
+
+
+def _absolute_if_local(name: str | None) -> str | None:
+    from tic_grpo_cli.models import EMBEDDED
+
+    if name is None or str(name) in EMBEDDED:
+        return name
+    path = Path(str(name)).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 def read_base(checkpoint: Path) -> dict[str, Any]:
