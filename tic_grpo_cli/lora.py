@@ -31,11 +31,13 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def require_peft(key: str = "model.lora.enabled") -> None:
+    """Raise UserError naming `key` (the setting that needs it) when peft is not installed."""
     if importlib.util.find_spec("peft") is None:
         raise UserError(f"{key} needs peft: pip install 'tic-grpo[lora]'")
 
 
 def is_peft(model: Any) -> bool:
+    """Whether `model` (unwrapped from DDP and torch.compile by the caller) is a peft model."""
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 

@@ -197,6 +197,8 @@ def open_logger(
 
 
 def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
+    """Log the run's one start line: model, parameters trained (LoRA's r, targets and count
+    of the total), dtype, device, algorithm, batch shape, steps and run dir."""
     tr, adapter = cfg.trainer, cfg.model.lora
     trainable, total = lora.parameter_counts(model)
     if adapter.enabled:
