@@ -142,6 +142,15 @@ def test_prompt_and_completion_must_fit_the_models_context(tmp_path):
         rf"\({longest} tokens\) plus {context - longest + 1} completion tokens exceed the "
         rf"model's context of {context} tokens")):  # fmt: skip
         build_task(dataset_cfg(max_completion_length=context - longest + 1), tokenizer)
+    # What a run generates is trainer.max_completion_length, which may be set apart.
+    from test_train import make_cfg
+
+    from tic_grpo_cli.train.loop import train
+
+    over = f"trainer.max_completion_length={context - longest + 1}"
+    with pytest.raises(UserError, match=(
+        rf"^{over}: .* lower trainer\.max_completion_length to {context - longest}, ")):  # fmt: skip
+        train(make_cfg(f"model.name_or_path={tmp_path}", over), tmp_path / "run")
 
 
 def test_trainer_max_prompt_length_points_to_the_dataset_key():

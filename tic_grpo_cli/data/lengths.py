@@ -33,13 +33,28 @@ def prompt_lengths(task: Task, split: str, tokenizer: Any) -> list[int]:
     return lengths
 
 
-def check_prompts(task: Task, cfg: Any, tokenizer: Any, splits: tuple[str, ...]) -> None:
+def completion_limit(key: str, value: int, cfg: Any) -> tuple[str, int]:
+    """The generation limit `key`=`value` (trainer.max_completion_length, eval.max_new_tokens)
+    as the context check names it: by the dataset key it follows unless set apart from it."""
+    same = value == cfg.max_completion_length
+    return ("dataset.max_completion_length" if same else key), value
+
+
+def check_prompts(
+    task: Task,
+    cfg: Any,
+    tokenizer: Any,
+    splits: tuple[str, ...],
+    completion: tuple[str, int] | None = None,
+) -> None:
     """Refuse (or with `dataset.skip_bad_rows`, skip and count) prompts longer than
     `cfg.max_prompt_length` tokens in each of `splits` that the task built; then refuse a
-    longest prompt that leaves no room for `cfg.max_completion_length` tokens in the model's
-    context (`tokenizer.model_max_length`, set from its config by `models.load_tokenizer`).
-    Raises UserError naming the key to change."""
-    limit, completion = cfg.max_prompt_length, cfg.max_completion_length
+    longest prompt that leaves no room for the completions in the model's context
+    (`tokenizer.model_max_length`, set from its config by `models.load_tokenizer`).
+    `completion`: (key, tokens) of the generation limit, `completion_limit`'s; default
+    `cfg.max_completion_length`. Raises UserError naming the key to change."""
+    limit = cfg.max_prompt_length
+    key, completion = completion or ("dataset.max_completion_length", cfg.max_completion_length)
     context = tokenizer.model_max_length
     context = context if context and context < NO_LIMIT else None
     for split in splits:
@@ -64,9 +79,9 @@ def check_prompts(task: Task, cfg: Any, tokenizer: Any, splits: tuple[str, ...])
             lengths = [n for i, n in enumerate(lengths) if i not in skipped]
         if context is not None and lengths and max(lengths) + completion > context:
             raise UserError(
-                f"dataset.max_completion_length={completion}: the longest {split} prompt "
-                f"({max(lengths)} tokens) plus {completion} completion tokens exceed the "
-                f"model's context of {context} tokens (max_position_embeddings); lower "
-                f"dataset.max_completion_length to {context - max(lengths)}, or drop the long "
-                "prompts (dataset.max_prompt_length with dataset.skip_bad_rows=true)"
+                f"{key}={completion}: the longest {split} prompt ({max(lengths)} tokens) plus "
+                f"{completion} completion tokens exceed the model's context of {context} "
+                f"tokens (max_position_embeddings); lower {key} to {context - max(lengths)}, "
+                "or drop the long prompts (dataset.max_prompt_length with "
+                "dataset.skip_bad_rows=true)"
             )

@@ -99,14 +99,15 @@ def _build_task(cfg: DictConfig, target: Target) -> Any:
     field, an unknown split) comes before any model loads. The targets are one model or the
     checkpoints of one run: they share the tokenizer, and so the prompts."""
     from tic_grpo_cli.data import build_task
-    from tic_grpo_cli.data.lengths import check_prompts
+    from tic_grpo_cli.data.lengths import check_prompts, completion_limit
     from tic_grpo_cli.models import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint_model_config(cfg.model, target.checkpoint))
     # Only the evaluated split's prompts are checked: a train split may be large.
     task = build_task(cfg.dataset, tokenizer, check_splits=())
     split_examples(task, cfg.eval.split)
-    check_prompts(task, cfg.dataset, tokenizer, (cfg.eval.split,))
+    limit = completion_limit("eval.max_new_tokens", cfg.eval.max_new_tokens, cfg.dataset)
+    check_prompts(task, cfg.dataset, tokenizer, (cfg.eval.split,), limit)
     return task
 
 

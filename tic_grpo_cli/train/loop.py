@@ -30,6 +30,7 @@ from tic_grpo_cli import lora
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
+from tic_grpo_cli.data.lengths import completion_limit
 from tic_grpo_cli.errors import Interrupted, UserError, program
 from tic_grpo_cli.models import (
     load_tokenizer,
@@ -289,7 +290,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return finished
     # Data built with the tokenizer alone (for chat templates): its errors precede the model load.
     tokenizer = load_tokenizer(policy_model_config(cfg, source))
-    task = build_task(cfg.dataset, tokenizer)
+    limit = completion_limit("trainer.max_completion_length", tr.max_completion_length, cfg.dataset)
+    task = build_task(cfg.dataset, tokenizer, completion=limit)
     train_split = task.split("train")
     policy = load_policy(cfg, dist, device, dtype, source, tokenizer)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
