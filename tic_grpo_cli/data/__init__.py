@@ -21,17 +21,14 @@ __all__ = ["Examples", "RewardResult", "Task", "build_task"]
 
 
 def build_task(
-    cfg: Any,
-    tokenizer: Any = None,
-    check_splits: tuple[str, ...] = ("train", "test"),
-    completion: tuple[str, int] | None = None,
+    cfg: Any, tokenizer: Any = None, check_splits: tuple[str, ...] = ("train", "test")
 ) -> Task:
     """The task a `dataset` config node describes; `tokenizer` decides the chat template
     (None: plain text, fine for the embedded tasks). Data errors raise UserError here,
     before any model is needed; with a tokenizer, so do a chat template that refuses the
-    prompts and prompts too long for `dataset.max_prompt_length` or, with `completion`
-    tokens after them (key, value; default the dataset's), the model's context, in the
-    `check_splits` the task has (lengths.py)."""
+    prompts and prompts too long for `dataset.max_prompt_length` or, with
+    `dataset.max_completion_length` tokens after them, the model's context, in the
+    `check_splits` the task has (lengths.check_prompts, which takes another limit)."""
     if cfg.kind in ("arithmetic", "countdown", "chain"):
         task = build_embedded_task(cfg, tokenizer)
     elif cfg.kind == "hf":
@@ -41,5 +38,5 @@ def build_task(
             f"dataset.kind: got {cfg.kind!r}; allowed: arithmetic, countdown, chain, hf"
         )
     if tokenizer is not None:
-        check_prompts(task, cfg, tokenizer, check_splits, completion)
+        check_prompts(task, cfg, tokenizer, check_splits)
     return task
