@@ -12,16 +12,17 @@ Every source goes through ``AutoModelForCausalLM.from_pretrained``; only the arg
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,50 @@ def _cannot_load(source: str, err: OSError) -> UserError:
     )
 
 
+def load_config(model_cfg) -> Any:
+    """The model's config (config.json, or a GGUF file's metadata) before any weights, with
+    every dropout probability set to 0 (`without_dropout`). Raises UserError when the source
+    cannot be read."""
+    source, kwargs = _source_and_kwargs(model_cfg)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise _cannot_load(source, err) from err
+    return without_dropout(config)
+
+
+def without_dropout(config: Any) -> Any:
+    """`config` with every dropout probability 0 (attributes named *dropout*, *_pdrop).
+
+    The trainer computes log-probs of the same tokens in several passes (pi_old, the
+    training forward, the reference) and divides them: dropout would make two passes over
+    the same weights disagree, in train() mode too. TRL disables dropout for GRPO by default
+    for the same reason. Nested configs (a multimodal model's text config) are covered."""
+    for name, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in name or name.endswith("_pdrop")):
+            setattr(config, name, 0.0)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):
+            without_dropout(value)
+    return config
+
+
+def model_context(config: Any) -> int | None:
+    """The longest sequence (prompt + completion) the model's positions cover, if known."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_tokenizer(model_cfg):
-    """The model's tokenizer alone, with a pad token and left padding.
+    """The model's tokenizer alone, with a pad token, left padding and `model_max_length`
+    no larger than the model's context (its config's `max_position_embeddings`).
 
     Loading it takes a fraction of the model's time, so callers build and check their data
-    with it (chat templates need it) before the model loads: a data error then costs
-    seconds, not a model load. Raises UserError when the source cannot be read."""
+    with it (chat templates, prompt lengths against the context) before the model loads: a
+    data error then costs seconds, not a model load. Raises UserError when the source cannot
+    be read."""
     source, kwargs = _source_and_kwargs(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -96,6 +135,10 @@ def load_tokenizer(model_cfg):
             )
         log.warning("tokenizer of %s has no pad token; using %r for padding", source, fallback)
         tokenizer.pad_token = fallback
+    # Many tokenizers say "no limit" (1e30, as SmolLM2's GGUF one does): the config knows.
+    context = model_context(load_config(model_cfg))
+    if context is not None and context < (tokenizer.model_max_length or context + 1):
+        tokenizer.model_max_length = context
     return tokenizer
 
 
@@ -108,27 +151,42 @@ def load_model_and_tokenizer(
 ):
     """The model in train() mode on ``device`` and a tokenizer with a pad token, left padding.
 
+    Dropout is off everywhere (`without_dropout`, and LoRA's), so train() mode computes the
+    same log-probs as eval(). With `model.lora.enabled` the model is a peft model training a
+    LoRA adapter (restored from `model.lora.adapter` when set); with only
+    `model.lora.adapter`, that saved adapter is merged into the weights (evaluation).
     ``tokenizer``: one `load_tokenizer` already returned for this config (not loaded again).
     ``mixed_precision`` is ``hardware.mixed_precision``: under bf16 on the CPU, attention
     defaults to the eager implementation (see _attention)."""
     if tokenizer is None:
         tokenizer = load_tokenizer(model_cfg)
+    if model_cfg.lora.enabled or model_cfg.lora.adapter:
+        lora.require_peft("model.lora.enabled" if model_cfg.lora.enabled else "model.lora.adapter")
     source, kwargs = _source_and_kwargs(model_cfg)
     model_kwargs = {**kwargs, "attn_implementation": _attention(model_cfg, device, mixed_precision)}
     if "gguf_file" in kwargs:
         model_kwargs.update(_dequantize_gguf())
+    config = load_config(model_cfg)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **model_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=dtype, **model_kwargs
+        )
     except OSError as err:
         raise _cannot_load(source, err) from err
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Remote-code models may hard-code a rate their config does not name.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
     model.to(device)
     if model_cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     if model_cfg.lora.enabled:
-        model = _apply_lora(model, model_cfg.lora, model_cfg.gradient_checkpointing)
+        model = lora.add_adapter(model, model_cfg.lora, model_cfg.gradient_checkpointing)
+    elif model_cfg.lora.adapter:
+        model = lora.merge_saved_adapter(model, Path(model_cfg.lora.adapter))
     model.train()
     return model, tokenizer
 
@@ -145,19 +203,37 @@ def _attention(model_cfg, device: torch.device, mixed_precision: str) -> str | N
     return model_cfg.attn_implementation
 
 
-def export_model(model, tokenizer, out_dir: str | Path) -> None:
-    """Save an ordinary HF model (safetensors) + tokenizer; LoRA is merged, its adapter kept.
+def export_model(
+    model,
+    tokenizer,
+    out_dir: str | Path,
+    base: dict[str, Any] | None = None,
+    merged: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Save an ordinary HF model (safetensors) + tokenizer into `out_dir`.
 
-    The model being trained is left untouched: a LoRA model is merged into a copy.
-    """
+    A LoRA (peft) model saves its adapter: `adapter/` and `base_model.json`, naming the
+    `model` config `base` it applies to (default: the source peft recorded); with `merged`,
+    also the merged model (config.json + weights) beside it. The model being trained is left
+    untouched. `state_dict`: the model's whole state dict when its parameters are sharded
+    (FSDP's, gathered on this rank); by default the model's own."""
     out_dir = Path(out_dir)
     # Unwrap DDP (.module) and torch.compile (._orig_mod).
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
-    if hasattr(model, "merge_and_unload"):  # a peft model
-        model.save_pretrained(out_dir / "adapter")
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out_dir)
+    if lora.is_peft(model):
+        if base is None:
+            config = next(iter(model.peft_config.values()))
+            base = {"name_or_path": config.base_model_name_or_path}
+        lora.save_adapter(model, out_dir, base, state_dict)
+        if merged:
+            whole = state_dict if state_dict is not None else model.state_dict()
+            model.get_base_model().save_pretrained(
+                out_dir, state_dict=lora.merged_state_dict(model, whole)
+            )
+    else:
+        model.save_pretrained(out_dir, **({} if state_dict is None else {"state_dict": state_dict}))
     tokenizer.save_pretrained(out_dir)
 
 
@@ -288,21 +364,3 @@ def _enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable({"use_reentrant": False})
-
-
-def _apply_lora(model, lora_cfg, checkpointing: bool):
-    if importlib.util.find_spec("peft") is None:
-        raise UserError("model.lora.enabled=true needs peft: pip install 'tic-grpo[lora]'")
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    # Checkpointed blocks need an input that requires grad when the embeddings are frozen.
-    if checkpointing:
-        model.enable_input_require_grads()
-    return get_peft_model(model, config)

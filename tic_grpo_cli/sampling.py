@@ -24,6 +24,7 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tic_grpo_cli.encoding import encode_prompts
 from tic_grpo_cli.logprobs import model_token_logprobs, token_logprobs
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Generation:
     # when greedy), before any top-k/top-p truncation: the policy the trainer scores with
     # `completion_logprobs(..., temperature=T)`, so the two agree to rounding; 0 on pad.
     logprobs: Tensor
-    texts: list[str]  # decoded completions, special tokens skipped
+    texts: list[str]  # decoded completions (special tokens skipped unless asked to keep them)
     finished: Tensor  # [B] bool: ended with EOS (False = truncated at max_new_tokens)
     # The sampling temperature (0: greedy). Scoring these completions for a ratio must use
     # the same one: `completion_logprobs(..., temperature=gen.temperature)`.
@@ -109,6 +110,7 @@ def generate(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    skip_special_tokens: bool = True,
 ) -> Generation:
     """Sample one completion per prompt (repeat a prompt G times for a group of G).
 
@@ -117,24 +119,17 @@ def generate(
     (docs/algorithms.md). The generator makes sampling reproducible; a CPU generator
     works with a model on another device (it seeds a device generator). ``batch_size`` bounds
     how many prompts run through the model at once. The model is put in eval mode for the
-    call (no dropout while sampling) and restored afterwards.
+    call (no dropout while sampling) and restored afterwards. Prompts are encoded by
+    `encoding.prompt_ids`; ``skip_special_tokens``: whether ``texts`` (rewards) omit them.
     """
     _check_sampling_args(prompts, max_new_tokens, temperature, top_p, top_k)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before generating")
     device = next(model.parameters()).device
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    prompt_ids = batch["input_ids"].to(device)
-    prompt_mask = batch["attention_mask"].to(device=device, dtype=torch.bool)
-    sample = partial(
-        sample_next,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        generator=_generator_on(device, generator),
-    )
+    prompt_ids, prompt_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts))
+    pad_id = tokenizer.pad_token_id
+    generator = _generator_on(device, generator)
+    sample = partial(sample_next, temperature=temperature, top_p=top_p, top_k=top_k,
+                     generator=generator)  # fmt: skip
 
     chunk = batch_size or len(prompts)
     pieces = []
@@ -157,7 +152,7 @@ def generate(
         ids[keep].tolist()
         for ids, keep in zip(completion_ids.cpu(), completion_mask.cpu(), strict=True)
     ]
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=skip_special_tokens)
     return Generation(
         prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, texts, finished,
         temperature,

@@ -13,19 +13,30 @@ from tic_grpo_cli.errors import UserError
 
 
 class ChatTokenizer:
-    """The one tokenizer method the data layer calls, with a visible template."""
+    """The tokenizer methods the data layer calls, with a visible template: render, and
+    encode for the prompt-length checks (one id per character)."""
 
-    chat_template = "fake"
+    chat_template: str | None = "fake"
+    model_max_length = 10**30  # no limit, as many tokenizers say
+    all_special_tokens = ("<s>",)
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         assert tokenize is False and add_generation_prompt is True
         body = "".join(f"<{m['role']}>{m['content']}" for m in messages)
         return body + "<assistant>"
 
+    def __call__(self, texts, add_special_tokens=True):
+        first = [0] if add_special_tokens else []
+        return {"input_ids": [first + [ord(c) for c in text] for text in texts]}
+
+
+class PlainTokenizer(ChatTokenizer):
+    chat_template = None
+
 
 def test_arithmetic_prompt_is_the_bare_problem_without_a_tokenizer_template():
     cfg = small("arithmetic", digits=3, operators=["+", "-", "*"])
-    example = build_task(cfg, tokenizer=object()).train[0]
+    example = build_task(cfg, tokenizer=PlainTokenizer()).train[0]
     problem = arithmetic.Problem(example["question"], example["answer"])
     assert example["prompt"] == problem.question
     assert problem.question.endswith("=")

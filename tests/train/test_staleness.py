@@ -20,6 +20,7 @@ from tests.conftest import compose_config
 from tests.train.test_loop import deterministic
 from tic_grpo_cli.algorithms import ALGORITHMS
 from tic_grpo_cli.data import build_task
+from tic_grpo_cli.encoding import ChatPrompt
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.runs.files import read_jsonl
@@ -197,7 +198,9 @@ def test_queue_checkpoint_round_trip_and_refusals():
     cfg = compose_config(*STALE_RUN)
     model, tokenizer = load_model_and_tokenizer(cfg.model, torch.device("cpu"), torch.float32)
     task = build_task(cfg.dataset, tokenizer)
-    examples = [task.split("train")[i] for i in range(4)]
+    # A chat template's prompts are a str subclass, which weights_only=True would refuse.
+    examples = [{**task.split("train")[i], "prompt": ChatPrompt(task.split("train")[i]["prompt"])}
+                for i in range(4)]  # fmt: skip
     rollout = collect_rollout(model, tokenizer, task, examples, cfg, torch.Generator())
     queue = RolloutQueue(2)
     queue.push(QueuedRollout(rollout, 5, 3, 0.25, 1))
@@ -213,6 +216,7 @@ def test_queue_checkpoint_round_trip_and_refusals():
     (item,) = again.items
     assert (item.index, item.version, item.seconds, item.epoch) == (5, 3, 0.25, 1)
     assert item.rollout.gen.texts == rollout.gen.texts
+    assert item.rollout.examples == rollout.examples
     assert torch.equal(item.rollout.gen.logprobs, rollout.gen.logprobs)
     assert torch.equal(item.rollout.advantages, rollout.advantages)
     with pytest.raises(UserError, match=r"trainer\.staleness=2 on 1 rank"):

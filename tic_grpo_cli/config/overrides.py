@@ -102,6 +102,7 @@ SYNONYMS = {
     "run_name": "wandb.name",
     "bf16": "hardware.mixed_precision",
     "max_completion_length": "dataset.max_completion_length",  # trainer.'s follows it
+    "max_prompt_length": "dataset.max_prompt_length",  # TRL's, verl's and ours before
 }
 # Names whose value picks one of our algorithms (TRL's loss_type=dr_grpo, verl's
 # adv_estimator=grpo): the hint is the config group with that value.

@@ -62,10 +62,17 @@ class LoraConfig:
     enabled: bool = False
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # Must stay 0: dropout would make the log-prob passes disagree (docs/models.md).
+    dropout: float = 0.0
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
+    # A saved adapter (a LoRA checkpoint's adapter/ dir): with enabled=true training starts
+    # from it; alone, it is merged into the weights (how eval loads a LoRA checkpoint).
+    adapter: str | None = None
+    # Every checkpoint also holds the merged model (config.json + weights); the final one
+    # (at trainer.max_steps) always does. Others hold the adapter only.
+    save_merged: bool = False
 
 
 @dataclass
@@ -109,6 +116,9 @@ class RewardConfig:
     # weight of that term; reward = correct + format_weight * format + sum(weights * fns).
     format_pattern: str | None = None
     format_weight: float = 0.0
+    # Completions are decoded for the scorer and reward functions without special tokens;
+    # false keeps them (a model whose <think> or tool-call tokens are special shows them).
+    skip_special_tokens: bool = True
 
 
 @dataclass
@@ -148,6 +158,10 @@ class DatasetConfig:
     skip_bad_rows: bool = False
     # Longest completion the task needs: the generation limit T unless overridden.
     max_completion_length: int = 8
+    # Longest prompt in tokens (after the chat template); a longer one stops the run at load
+    # with a count (skip_bad_rows=true skips them instead). null: no limit. Prompt plus
+    # max_completion_length must fit the model's context either way.
+    max_prompt_length: int | None = 512
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
@@ -187,7 +201,6 @@ class TrainerConfig:
     # Completions sampled at once (null: the whole rollout); bounds the KV cache's memory.
     generation_batch_size: int | None = None
     ppo_epochs: int = 1
-    max_prompt_length: int = 256
     max_completion_length: int = "${dataset.max_completion_length}"  # type: ignore[assignment]
     temperature: float = 1.0
     top_p: float = 1.0

@@ -43,6 +43,11 @@ def _validate_dataset(data: DictConfig) -> None:
     # YAML reads `true` as a bool, which the str field stores as "True".
     _one_of(str(data.use_chat_template).lower(), CHAT_TEMPLATE_MODES, "dataset.use_chat_template")
     _check(data.max_completion_length >= 1, "dataset.max_completion_length", "must be >= 1")
+    _check(
+        data.max_prompt_length is None or data.max_prompt_length >= 1,
+        "dataset.max_prompt_length",
+        "must be >= 1 or null (no limit)",
+    )
     if data.kind == "hf":
         _check(bool(data.path), "dataset.path", "required for kind=hf (a hub name or a file)")
         _check(
@@ -122,6 +127,12 @@ def validate_common(cfg: DictConfig) -> None:
     _check(hw.num_threads is None or hw.num_threads >= 1, "hardware.num_threads", "must be >= 1")
     if model.lora.enabled:
         _check(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+    _check(
+        model.lora.dropout == 0,
+        "model.lora.dropout",
+        f"got {model.lora.dropout}; dropout is off in every model (LoRA's included) so the "
+        "log-prob passes agree (docs/models.md); drop the override",
+    )
 
 
 def validate_train(cfg: DictConfig) -> None:

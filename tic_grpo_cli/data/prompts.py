@@ -1,5 +1,5 @@
 """From an example's prompt field to the text the model is fed: template, system prompt,
-chat template.
+chat template (its ids: `encoding.prompt_ids`).
 
 Templates substitute ``{field}`` only. ``str.format`` would choke on the braces that math
 prompts are full of (``\\boxed{}``), so any other brace text is kept as written and ``{{``
@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from tic_grpo_cli.encoding import ChatPrompt
 from tic_grpo_cli.errors import UserError
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
@@ -67,6 +68,23 @@ class PromptRenderer:
             )
         self.chat_tokenizer = tokenizer if has_template and mode in ("true", "auto") else None
 
+    def _template_error(self, err: Exception) -> UserError:
+        """A template that refuses a prompt, in one line naming the key that avoids it: a
+        system turn (Gemma's template raises on one) or the chat template itself."""
+        name = getattr(self.chat_tokenizer, "name_or_path", "") or "the model"
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        where = f"the chat template of {name} refuses this prompt ({detail})"
+        if self.system_prompt:
+            return UserError(
+                f"dataset.system_prompt: {where}; if the template takes no system turn (as "
+                "Gemma's), drop dataset.system_prompt and put the text in "
+                "dataset.prompt_template, or set dataset.use_chat_template=false"
+            )
+        return UserError(
+            f"dataset.use_chat_template: {where}; fix the prompts (a system turn some "
+            "templates refuse?) or set dataset.use_chat_template=false to feed their text as is"
+        )
+
     def __call__(self, prompt: Prompt, fields: dict[str, Any]) -> str:
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
@@ -81,9 +99,13 @@ class PromptRenderer:
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": str(self.system_prompt)})
         if self.chat_tokenizer is not None:
-            return self.chat_tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+            try:
+                rendered = self.chat_tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as err:  # jinja's TemplateError, or whatever a template raises
+                raise self._template_error(err) from err
+            return ChatPrompt(rendered)  # encoded as written: encoding.prompt_ids
         # No chat template (e.g. the embedded character-level model): plain text, so the
         # arithmetic prompt `37+85=` reaches the model exactly as generated.
         return "\n\n".join(str(m["content"]) for m in messages)

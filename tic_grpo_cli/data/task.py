@@ -41,6 +41,12 @@ class Examples(Sequence[Example]):
             raise IndexError(f"example {index} out of range ({len(self)} examples)")
         return self.render(self.rows[index])
 
+    def subset(self, indices: list[int]) -> Examples:
+        """The examples at `indices`, in that order (a Dataset stays Arrow-backed)."""
+        select = getattr(self.rows, "select", None)
+        rows = select(indices) if select is not None else [self.rows[i] for i in indices]
+        return Examples(rows, self.render)
+
 
 class Task:
     """Splits of examples plus the reward that scores completions against them."""
@@ -88,6 +94,17 @@ class Task:
         raise UserError(
             f"unknown split {name!r} of {self.name}; splits: {', '.join(self.available)}"
         )
+
+    def built(self, name: str) -> Examples | None:
+        """A split built with the task, or None (not built, or absent): never loads one."""
+        return self._splits.get(name)
+
+    def keep(self, name: str, indices: list[int]) -> None:
+        """Keep only the examples at `indices` of split `name`, counting the rest skipped."""
+        examples = self._splits[name]
+        assert examples is not None, name
+        self._splits[name] = examples.subset(indices)
+        self.skipped[name] = self.skipped.get(name, 0) + len(examples) - len(indices)
 
     def score(self, completions: list[str], examples: Sequence[Example]) -> RewardResult:
         return self.rewarder(completions, examples)

@@ -133,11 +133,15 @@ def _build_task(cfg: DictConfig, target: Target) -> Any:
     field, an unknown split) comes before any model loads. The targets are one model or the
     checkpoints of one run: they share the tokenizer, and so the prompts."""
     from tic_grpo_cli.data import build_task
+    from tic_grpo_cli.data.lengths import check_prompts, completion_limit
     from tic_grpo_cli.models import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint_model_config(cfg.model, target.checkpoint))
-    task = build_task(cfg.dataset, tokenizer)
+    # Only the evaluated split's prompts are checked: a train split may be large.
+    task = build_task(cfg.dataset, tokenizer, check_splits=())
     split_examples(task, cfg.eval.split)
+    limit = completion_limit("eval.max_new_tokens", cfg.eval.max_new_tokens, cfg.dataset)
+    check_prompts(task, cfg.dataset, tokenizer, (cfg.eval.split,), limit)
     return task
 
 
@@ -178,6 +182,7 @@ def _evaluate_target(
         batch_size=ev.batch_size,
         seed=cfg.seed,
         progress=sys.stdout.isatty(),
+        skip_special_tokens=cfg.dataset.reward.skip_special_tokens,
     )
     log.info("%s: %s", target.checkpoint or target.label, format_metrics(metrics))
     entry = {

@@ -59,6 +59,7 @@ def evaluate_model(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    skip_special_tokens: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample `num_samples` completions per example of `split`, score and summarise them.
 
@@ -67,7 +68,8 @@ def evaluate_model(
     prediction per example {index, prompt, answer, completions, extracted, normalized,
     timed_out, rewards, correct, lengths, finished}. `temperature=0` is greedy. Sampling
     draws from one CPU generator seeded with `seed`, so a result is reproducible for a given
-    seed, batch_size and device.
+    seed, batch_size and device. `skip_special_tokens`: whether the completions the reward
+    reads omit special tokens (`dataset.reward.skip_special_tokens`).
     """
     import torch
 
@@ -80,7 +82,8 @@ def evaluate_model(
     # About batch_size completions per generate call, so a progress bar moves and the
     # padded prompt batch stays small; generate splits a larger group by batch_size itself.
     per_call = max(1, batch_size // num_samples)
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, generator=generator,
+                    skip_special_tokens=skip_special_tokens)  # fmt: skip
     predictions: list[dict[str, Any]] = []
     with _progress(progress, len(chosen)) as advance:
         for start in range(0, len(chosen), per_call):

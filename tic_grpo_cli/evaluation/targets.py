@@ -1,7 +1,8 @@
 """What `tic-grpo eval` evaluates: `checkpoint=` resolved to checkpoints (or the model config).
 
-A checkpoint is just a model config whose `name_or_path` is the checkpoint dir
-(`checkpoint_model_config`), loaded by the usual `models.load_model_and_tokenizer`.
+A checkpoint is just a model config whose `name_or_path` is the checkpoint dir, or for a LoRA
+checkpoint holding only its adapter, the base model's config with `lora.adapter` set
+(`checkpoint_model_config`); either loads through the usual `models.load_model_and_tokenizer`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, read_write
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.runs.checkpoint import is_checkpoint, list_checkpoints, resolve_checkpoint
 
@@ -96,13 +98,25 @@ def _require_tokenizer(ckpt: Path) -> None:
 
 
 def checkpoint_model_config(model_cfg: DictConfig, checkpoint: Path | None) -> DictConfig:
-    """A copy of the model config that loads `checkpoint` through the usual loader."""
+    """A copy of the model config that loads `checkpoint` through the usual loader: its
+    weights, or for a LoRA checkpoint without them, its base model (from base_model.json)
+    with the adapter merged in."""
     cfg = copy.deepcopy(model_cfg)
     with read_write(cfg):
-        if checkpoint is not None:
+        if checkpoint is not None and _has_weights(checkpoint):
             cfg.name_or_path = str(checkpoint)
             # The checkpoint is a full HF directory: no GGUF, no hub revision.
             cfg.gguf_file = cfg.gguf_package = cfg.revision = None
+            cfg.lora.adapter = None
+        elif checkpoint is not None:
+            for key, value in lora.read_base(checkpoint).items():
+                cfg[key] = value if key != "trust_remote_code" else bool(value)
+            cfg.lora.adapter = str(checkpoint / lora.ADAPTER_DIR)
         # Adapters are for training; fresh LoRA weights would change nothing but the speed.
         cfg.lora.enabled = False
     return cfg
+
+
+def _has_weights(checkpoint: Path) -> bool:
+    # A LoRA run's final checkpoint holds the merged model too: loading it needs no base.
+    return (checkpoint / "config.json").is_file() or not lora.is_adapter_checkpoint(checkpoint)

@@ -6,7 +6,8 @@ config). A checkpoint is written into a temporary sibling directory and renamed,
 `checkpoints/latest` (a one-line text file naming the newest complete checkpoint) is
 replaced atomically after that, so a crash at any point leaves the previous one usable.
 Readers trust what is in a `step_N` dir, not `latest`: only a dir with weights, config.json
-and trainer_state.pt counts (`list_checkpoints`).
+and trainer_state.pt counts (`list_checkpoints`); a LoRA run's checkpoint counts with its
+adapter/ and base_model.json instead of weights (lora.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.runs.files import atomic_write_text, umask
 
@@ -31,9 +33,14 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def missing_parts(path: Path) -> list[str]:
-    """What a checkpoint dir lacks to be loaded and resumed (empty: it is complete)."""
+    """What a checkpoint dir lacks to be loaded and resumed (empty: it is complete). A LoRA
+    run's checkpoint needs its adapter, not a model: the base loads from its own source."""
     path = Path(path)
-    missing = [name for name in (STATE_FILE, "config.json") if not (path / name).is_file()]
+    missing = [] if (path / STATE_FILE).is_file() else [STATE_FILE]
+    if lora.is_adapter_checkpoint(path):
+        return missing + lora.missing_adapter(path)
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
         missing.append("model weights")
     return missing
@@ -80,7 +87,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     contents = ", ".join(sorted(p.name for p in path.iterdir())[:8]) if path.is_dir() else "a file"
     incomplete = f" ({len(step_dirs(path))} incomplete step_N)" if step_dirs(path) else ""
     raise UserError(
-        f"{path} is not a checkpoint (expected {STATE_FILE}, config.json and weights, or a run "
+        f"{path} is not a checkpoint (expected {STATE_FILE}, config.json and weights (or a LoRA "
+        f"adapter/), or a run "
         f"dir with complete checkpoints/step_N{incomplete}); found: {contents or 'an empty directory'}"
     )
 

@@ -5,7 +5,7 @@ dashed line marks each step the run was resumed at.
 Resumes are read from the run's train.log, where every resumed session writes
 `resumed from <checkpoint> at step N` (train/loop.py), rather than from a marker row in
 metrics.jsonl: that file must read the same for a resumed run as for an uninterrupted one
-(tests/test_train.py), and a marker row would break that.
+(tests/train/test_state.py), and a marker row would break that.
 """
 
 from __future__ import annotations

@@ -26,9 +26,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
-from tic_grpo_cli.data import build_task
+from tic_grpo_cli.data import Examples, Task, build_task
+from tic_grpo_cli.data.lengths import check_prompts, completion_limit
 from tic_grpo_cli.errors import Interrupted, UserError, program
 from tic_grpo_cli.models import (
     load_tokenizer,
@@ -196,13 +198,35 @@ def open_logger(
     return logger
 
 
+def build_train_task(cfg: DictConfig, tokenizer) -> tuple[Task, Examples]:
+    """The task and its train split, checked with the tokenizer alone (the chat template,
+    the prompts against dataset.max_prompt_length and, with trainer.max_completion_length
+    tokens after them, the model's context), so data errors precede the model load. Raises
+    UserError; a missing train split before any prompt length."""
+    task = build_task(cfg.dataset, tokenizer, check_splits=())
+    task.split("train")  # no prompt to train on says more than a prompt's length
+    limit = completion_limit(
+        "trainer.max_completion_length", cfg.trainer.max_completion_length, cfg.dataset
+    )
+    check_prompts(task, cfg.dataset, tokenizer, ("train", "test"), limit)
+    return task, task.split("train")  # as check_prompts left it (skip_bad_rows)
+
+
 def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
-    tr = cfg.trainer
+    """Log the run's one start line: model, parameters trained (LoRA's r, targets and count
+    of the total), dtype, device, algorithm, batch shape, steps and run dir."""
+    tr, adapter = cfg.trainer, cfg.model.lora
+    trainable, total = lora.parameter_counts(model)
+    if adapter.enabled:
+        targets = ",".join(adapter.target_modules)
+        params = f"LoRA r={adapter.r} on {targets}: {trainable / 1e6:.2f}M of {total / 1e6:.2f}M"
+    else:
+        params = f"{total / 1e6:.2f}M"
     log.info(
-        "model %s (%.2fM params, %s on %s) | algorithm %s | batch %d prompts x %d "
+        "model %s (%s params trained, %s on %s) | algorithm %s | batch %d prompts x %d "
         "completions, K=%d minibatches x %d epoch(s) | %d steps | run dir %s",
         cfg.model.name_or_path,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        params,
         str(dtype).removeprefix("torch."),
         device,
         cfg.algorithm.name,
@@ -281,8 +305,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return finished
     # Data built with the tokenizer alone (for chat templates): its errors precede the model load.
     tokenizer = load_tokenizer(policy_model_config(cfg, source))
-    task = build_task(cfg.dataset, tokenizer)
-    train_split = task.split("train")
+    task, train_split = build_train_task(cfg, tokenizer)
     policy = load_policy(cfg, dist, device, dtype, source, tokenizer)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     sampler = PromptSampler(len(train_split), cfg.seed, **(saved or {}).get("sampler", {}))

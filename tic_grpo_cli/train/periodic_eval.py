@@ -60,6 +60,7 @@ class TrainEval:
                     max_new_tokens=tr.max_completion_length,
                     batch_size=tr.eval_batch_size,
                     seed=self.cfg.seed,
+                    skip_special_tokens=self.cfg.dataset.reward.skip_special_tokens,
                 )
         metrics = dist.broadcast_object(metrics)
         limit, key = tr.max_completion_length, "trainer.max_completion_length"

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, read_write
 
+from tic_grpo_cli import lora
 from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.runtime.distributed import Dist
 
@@ -49,12 +50,17 @@ class Policy:
 
 
 def policy_model_config(cfg: DictConfig, source: Path | None) -> DictConfig:
-    """The model config to load: `cfg.model`, or the checkpoint `source` when resuming."""
+    """The model config to load: `cfg.model`, or the checkpoint `source` when resuming: a
+    LoRA run's adapter on the original base (its adapter stays the whole training relative
+    to that base), any other checkpoint's weights."""
     model_cfg = copy.deepcopy(cfg.model)
     if source:
         with read_write(model_cfg):
-            model_cfg.name_or_path = str(source)
-            model_cfg.gguf_file = model_cfg.gguf_package = None
+            if lora.is_adapter_checkpoint(source):
+                model_cfg.lora.adapter = str(source / lora.ADAPTER_DIR)
+            else:
+                model_cfg.name_or_path = str(source)
+                model_cfg.gguf_file = model_cfg.gguf_package = None
     return model_cfg
 
 

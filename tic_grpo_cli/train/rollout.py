@@ -86,6 +86,7 @@ def collect_rollout(
             top_k=tr.top_k,
             generator=generator,
             batch_size=tr.generation_batch_size,
+            skip_special_tokens=cfg.dataset.reward.skip_special_tokens,
         )
     model.train()
     scored = task.score(gen.texts, repeated)

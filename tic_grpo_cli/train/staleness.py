@@ -115,13 +115,19 @@ def _to_plain(item: QueuedRollout) -> dict[str, Any]:
             "temperature": float(g.temperature),
         },
         **{k: getattr(r, k).detach().cpu() for k in _ROLLOUT_TENSORS},
-        "examples": [dict(ex) for ex in r.examples],
+        "examples": [_plain_example(ex) for ex in r.examples],
         "terms": {k: list(v) for k, v in r.terms.items()},
         "index": item.index,
         "version": item.version,
         "seconds": item.seconds,
         "epoch": item.epoch,
     }
+
+
+def _plain_example(example: dict[str, Any]) -> dict[str, Any]:
+    # trainer_state.pt loads with weights_only=True, which refuses a str subclass (a
+    # chat-templated prompt is an encoding.ChatPrompt); the prompt's ids are in the rollout.
+    return {k: str(v) if isinstance(v, str) else v for k, v in example.items()}
 
 
 def _from_plain(data: dict[str, Any]) -> QueuedRollout:
