@@ -226,6 +226,7 @@ class TrainerConfig:
     eval_limit: int | None = None
     eval_batch_size: int = 256
     log_every: int = 40
+    # Samples every this many steps and at the last one (0: none).
     log_samples_every: int = 400
     save_every: int = 400
     # Pruning keeps the newest keep_last checkpoints (0: all) and, of the older ones, the

@@ -31,28 +31,34 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
-from tic_grpo_cli.errors import Interrupted, UserError, program
+from tic_grpo_cli.errors import Interrupted, program
 from tic_grpo_cli.models import (
     load_model_and_tokenizer,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
 )
-from tic_grpo_cli.runs import checkpoint as ckpt
 from tic_grpo_cli.runs import run_dir as run_dirs
-from tic_grpo_cli.runs.files import atomic_write_json, read_jsonl
+from tic_grpo_cli.runs.files import atomic_write_json
 from tic_grpo_cli.runs.logger import RunLogger
 from tic_grpo_cli.runs.policy_checkpoint import save_checkpoint
 from tic_grpo_cli.runtime import launch
 from tic_grpo_cli.runtime.distributed import Dist
 from tic_grpo_cli.runtime.threads import CpuThreads
 from tic_grpo_cli.train.periodic_eval import TrainEval
-from tic_grpo_cli.train.progress import TrainProgress, format_row, print_samples
+from tic_grpo_cli.train.progress import TrainProgress
+from tic_grpo_cli.train.reporting import (
+    crossed,
+    log_start,
+    open_logger,
+    report,
+    stop_if_diverged,
+    summarize,
+)
 from tic_grpo_cli.train.rollout import (
     PromptSampler,
     collect_rollout,
     gather_rollout,
-    pick_samples,
     rollout_metrics,
 )
 from tic_grpo_cli.train.signals import LearningSignals
@@ -67,10 +73,6 @@ from tic_grpo_cli.train.state import load as load_checkpoint_state
 from tic_grpo_cli.train.update import policy_update
 
 log = logging.getLogger("tic_grpo")
-
-
-class TrainingStopped(UserError):
-    """The run stopped on purpose (signal, repeated non-finite updates); work is saved."""
 
 
 class StopFlag:
@@ -203,113 +205,48 @@ def save(
     return path
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
-    return every > 0 and after // every > before // every
+@dataclass
+class Saver:
+    """`save` with the run's fixed arguments, at most once per step: a stop signal that
+    arrives during a rollout ending on a `save_every` step reuses that step's checkpoint
+    instead of writing (and pruning) the same one again."""
+
+    cfg: DictConfig
+    run_dir: Path
+    dist: Dist
+    policy: Policy
+    sampler: PromptSampler
+    generator: torch.Generator
+    last: tuple[int, Path] | None = None  # (step, checkpoint) of the latest save
+
+    def __call__(self, state: TrainState) -> Path:
+        if self.last is not None and self.last[0] == state.step:
+            return self.last[1]
+        path = save(self.cfg, self.run_dir, self.dist, self.policy, state, self.sampler,
+                    self.generator)  # fmt: skip
+        self.last = (state.step, path)
+        return path
 
 
-def report(
-    logger: RunLogger, state: TrainState, rollout, step_rows: list[dict[str, Any]],
-    timing: dict[str, float], cfg: DictConfig, is_main: bool,
-) -> int:  # fmt: skip
-    """Log one metrics row per optimizer step of the rollout (its metrics, `timing` and the
-    step's own), the console line every `log_every` steps and samples every
-    `log_samples_every`; count non-finite updates (skipped by the inner loop). Returns the
-    rollout's completion tokens."""
-    tr, before = cfg.trainer, state.step
-    tokens = int(rollout.gen.completion_mask.sum())
-    seconds = timing["time/rollout_s"] + timing["time/update_s"]
-    shared = {
-        **rollout_metrics(rollout, tr.group_size),
-        "rollout": state.rollouts,
-        **timing,
-        "throughput/tokens_per_s": tokens / max(seconds, 1e-9),
-    }
-    for row in step_rows:
-        state.step += 1
-        state.nonfinite_streak = state.nonfinite_streak + 1 if row["nonfinite"] else 0
-        state.nonfinite_total += row["nonfinite"]
-        logger.log({"step": state.step, **shared, **row, "nonfinite_total": state.nonfinite_total})
-        if state.step >= tr.max_steps:
-            break
-    if _crossed(before, state.step, tr.log_every):
-        log.info(format_row({"step": state.step, **shared, **step_rows[-1]}))
-    if is_main and _crossed(before, state.step, tr.log_samples_every):
-        samples = pick_samples(rollout)
-        logger.log_samples(state.step, samples)
-        print_samples(samples, state.step)
-    return tokens
+@dataclass
+class Session:
+    """Everything one session of a run holds while it trains (built by `train`)."""
 
-
-def stop_if_diverged(tr: DictConfig, state: TrainState, run_dir: Path, logger) -> None:
-    """Raise TrainingStopped after `trainer.max_nonfinite_steps` non-finite updates in a row."""
-    if state.nonfinite_streak < tr.max_nonfinite_steps:
-        return
-    last = ckpt.list_checkpoints(run_dir)
-    where = f"; last good checkpoint: {last[-1][1]}" if last else ""
-    logger.finish({})
-    raise TrainingStopped(
-        f"stopped after {state.nonfinite_streak} non-finite updates in a "
-        f"row (trainer.max_nonfinite_steps={tr.max_nonfinite_steps})"
-        f"{where}; lower trainer.lr or check the reward"
-    )
-
-
-def open_logger(
-    cfg: DictConfig, run_dir: Path, dist: Dist, state: TrainState, source: Path | None
-) -> RunLogger:
-    """The run's metrics.jsonl, samples.jsonl and W&B run (rank 0 only). Resumed from
-    `source`: the same W&B run, the rows logged after the checkpoint's step dropped; a
-    fresh run sets an earlier run's rows in the dir aside."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    logger = RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
-    state.wandb_id = logger.wandb_id
-    if source:
-        logger.truncate_after(state.step)
-        log.info("resumed from %s at step %d", source, state.step)
-    else:
-        logger.set_aside_earlier_run()
-    return logger
-
-
-def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
-    tr = cfg.trainer
-    log.info(
-        "model %s (%.2fM params, %s on %s) | algorithm %s | batch %d prompts x %d "
-        "completions, K=%d minibatches x %d epoch(s) | %d steps | run dir %s",
-        cfg.model.name_or_path,
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        str(dtype).removeprefix("torch."),
-        device,
-        cfg.algorithm.name,
-        tr.rollout_batch_size,
-        tr.group_size,
-        tr.rollout_batch_size // tr.minibatch_size,
-        tr.ppo_epochs,
-        tr.max_steps,
-        run_dir,
-    )
-
-
-def summarize(
-    cfg: DictConfig, state: TrainState, final_eval: float, metrics_path: Path
-) -> dict[str, Any]:
-    """summary.json: final and best eval accuracy, the mean reward of the last rollout, and
-    the training time and throughput of the whole run (all its sessions)."""
-    wall = state.wall_time_s
-    k_minibatches = cfg.trainer.rollout_batch_size // cfg.trainer.minibatch_size
-    rewards = [r["reward/mean"] for r in read_jsonl(metrics_path) if "reward/mean" in r]
-    return {
-        "final/eval_accuracy": final_eval,
-        "best/eval_accuracy": state.best_eval,
-        "final/reward": float(np.mean(rewards[-k_minibatches:])) if rewards else float("nan"),
-        "steps": state.step,
-        "rollouts": state.rollouts,
-        "wall_time_s": wall,
-        "throughput/tokens_per_s": state.tokens / max(wall, 1e-9),
-        "nonfinite_total": state.nonfinite_total,
-        "algorithm": cfg.algorithm.name,
-        "seed": cfg.seed,
-    }
+    cfg: DictConfig
+    run_dir: Path
+    dist: Dist
+    policy: Policy
+    train_split: Any
+    task: Any
+    sampler: PromptSampler
+    generator: torch.Generator
+    state: TrainState
+    logger: RunLogger
+    evaluate: TrainEval
+    threads: CpuThreads
+    save: Saver
+    progress: TrainProgress
+    signals: LearningSignals
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -344,75 +281,100 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     logger = open_logger(cfg, run_dir, dist, state, source)
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
-    started, stop = time.perf_counter(), StopFlag()
-    signals = LearningSignals(tr.max_completion_length)  # warns when the run cannot learn
+    session = Session(
+        cfg, run_dir, dist, policy, train_split, task, sampler, generator, state, logger,
+        evaluate, threads, Saver(cfg, run_dir, dist, policy, sampler, generator),
+        # A live bar on rank 0's terminal, a heartbeat line in a log; rank 0 only.
+        TrainProgress(tr.max_steps, state.step, enabled=dist.is_main),
+        LearningSignals(tr.max_completion_length),  # warns when the run cannot learn
+    )  # fmt: skip
     state.tick(restart=True)
     if state.step == 0 and tr.eval_every > 0:
         evaluate(state)
-    # A live bar on rank 0's terminal, a heartbeat line in a log; rank 0 only.
-    progress = TrainProgress(tr.max_steps, state.step, enabled=dist.is_main)
-    with stop.installed(), progress:
+    started, stop = time.perf_counter(), StopFlag()
+    with stop.installed(), session.progress:
         # A signal may reach only some ranks (e.g. a scheduler's SIGTERM): all stop together.
         while state.step < tr.max_steps and not dist.any(stop.signal is not None):
-            t0 = time.perf_counter()
-            generator.manual_seed(rollout_seed(cfg.seed, state.rollouts, dist.rank))
-            # Every rank draws the same global batch and keeps prompts rank, rank + W, ...:
-            # the prompts trained on do not depend on the number of ranks.
-            chosen = sampler.take(tr.rollout_batch_size)[dist.rank :: dist.world_size]
-            examples = [train_split[i] for i in chosen]
-            with dist.full_params(policy.model):
-                rollout = collect_rollout(
-                    policy.model, policy.tokenizer, task, examples, cfg, generator, dist
-                )
-            t1 = time.perf_counter()
-            step_rows = policy_update(
-                policy.model, policy.frozen, policy.ref_model, policy.optimizer,
-                policy.scheduler, rollout, cfg, generator, dist,
-            )  # fmt: skip
-            t2 = time.perf_counter()
-            state.rollouts += 1
-            timing = {"epoch": sampler.epoch, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
-                      "throughput/cpu_threads": threads.adjust()}  # fmt: skip
-            # Metrics and samples describe the whole batch, whatever the number of ranks.
-            rollout = gather_rollout(rollout, dist, tr.group_size)
-            before = state.step
-            tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
-            state.tokens += tokens
-            if (warning := signals(rollout_metrics(rollout, tr.group_size))) and dist.is_main:
-                log.warning(warning)
-            progress.update(state.step, reward=float(rollout.rewards.mean()),
-                            eval_accuracy=state.last_eval, tokens_per_s=tokens / (t2 - t0))  # fmt: skip
-            if _crossed(before, state.step, tr.log_every):
-                progress.beat()
-            stop_if_diverged(tr, state, run_dir, logger)
-            elapsed = time.perf_counter() - started
-            if tr.max_time_minutes and dist.any(elapsed > 60 * tr.max_time_minutes):
-                log.info("trainer.max_time_minutes reached at step %d", state.step)
+            if not one_rollout(session, started):
                 break
-            if state.step < tr.max_steps and _crossed(before, state.step, tr.eval_every):
-                evaluate(state)
-            if state.step < tr.max_steps and _crossed(before, state.step, tr.save_every):
-                save(cfg, run_dir, dist, policy, state, sampler, generator)
-
     if dist.any(stop.signal is not None):
-        path = save(cfg, run_dir, dist, policy, state, sampler, generator)
-        logger.finish({})
-        where = f"interrupted at step {state.step}, checkpoint {path}"
-        # The run's overrides are in the checkpoint: this command alone continues it in place.
-        command = f"{program()} train resume={shlex.quote(str(run_dir))}"
-        # A rank the signal did not reach stops as the scheduler's SIGTERM would have it.
-        signum = stop.signal or signal.SIGTERM
-        raise Interrupted(f"{where}; continue with: {command}", where, signum)
+        interrupted(session, stop.signal)
+    return finish(session)
+
+
+def one_rollout(run: Session, started: float) -> bool:
+    """Sample, score and train on one rollout; log, warn, evaluate and save as the trainer
+    settings ask. Returns False when `trainer.max_time_minutes` (counted from `started`,
+    a perf_counter time) has run out. Raises
+    TrainingStopped after too many non-finite updates in a row."""
+    cfg, dist, state, policy = run.cfg, run.dist, run.state, run.policy
+    tr = cfg.trainer
+    t0 = time.perf_counter()
+    run.generator.manual_seed(rollout_seed(cfg.seed, state.rollouts, dist.rank))
+    # Every rank draws the same global batch and keeps prompts rank, rank + W, ...:
+    # the prompts trained on do not depend on the number of ranks.
+    chosen = run.sampler.take(tr.rollout_batch_size)[dist.rank :: dist.world_size]
+    examples = [run.train_split[i] for i in chosen]
+    with dist.full_params(policy.model):
+        rollout = collect_rollout(
+            policy.model, policy.tokenizer, run.task, examples, cfg, run.generator, dist
+        )
+    t1 = time.perf_counter()
+    step_rows = policy_update(
+        policy.model, policy.frozen, policy.ref_model, policy.optimizer,
+        policy.scheduler, rollout, cfg, run.generator, dist,
+    )  # fmt: skip
+    t2 = time.perf_counter()
+    state.rollouts += 1
+    timing = {"epoch": run.sampler.epoch, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+              "throughput/cpu_threads": run.threads.adjust()}  # fmt: skip
+    # Metrics and samples describe the whole batch, whatever the number of ranks.
+    rollout = gather_rollout(rollout, dist, tr.group_size)
+    before = state.step
+    tokens = report(run.logger, state, rollout, step_rows, timing, cfg, dist.is_main)
+    state.tokens += tokens
+    if (warning := run.signals(rollout_metrics(rollout, tr.group_size))) and dist.is_main:
+        log.warning(warning)
+    run.progress.update(state.step, reward=float(rollout.rewards.mean()),
+                        eval_accuracy=state.last_eval, tokens_per_s=tokens / (t2 - t0))  # fmt: skip
+    if crossed(before, state.step, tr.log_every):
+        run.progress.beat()
+    stop_if_diverged(tr, state, run.run_dir, run.logger)
+    if tr.max_time_minutes and dist.any(time.perf_counter() - started > 60 * tr.max_time_minutes):
+        log.info("trainer.max_time_minutes reached at step %d", state.step)
+        return False
+    if state.step < tr.max_steps and crossed(before, state.step, tr.eval_every):
+        run.evaluate(state)
+    if state.step < tr.max_steps and crossed(before, state.step, tr.save_every):
+        run.save(state)
+    return True
+
+
+def interrupted(run: Session, signum: int | None) -> None:
+    """Save (unless this step's checkpoint exists), close the logs and raise Interrupted
+    with the command that continues the run."""
+    path = run.save(run.state)
+    run.logger.finish({})
+    where = f"interrupted at step {run.state.step}, checkpoint {path}"
+    # The run's overrides are in the checkpoint: this command alone continues it in place.
+    command = f"{program()} train resume={shlex.quote(str(run.run_dir))}"
+    # A rank the signal did not reach stops as the scheduler's SIGTERM would have it.
+    raise Interrupted(f"{where}; continue with: {command}", where, signum or signal.SIGTERM)
+
+
+def finish(run: Session) -> dict[str, Any]:
+    """The end of a run: the final evaluation and checkpoint, summary.json."""
+    cfg, state = run.cfg, run.state
     final_eval = state.last_eval
-    if tr.eval_every > 0 or math.isnan(final_eval):
-        final_eval = evaluate(state)
-    save(cfg, run_dir, dist, policy, state, sampler, generator)
-    summary = summarize(cfg, state, final_eval, logger.metrics_path)
-    if dist.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    logger.finish(summary)
+    if cfg.trainer.eval_every > 0 or math.isnan(final_eval):
+        final_eval = run.evaluate(state)
+    run.save(state)
+    summary = summarize(cfg, state, final_eval, run.logger.metrics_path)
+    if run.dist.is_main:
+        atomic_write_json(run.run_dir / "summary.json", summary)
+    run.logger.finish(summary)
     log.info(
         "done: eval accuracy %.3f (best %.3f), %d steps in %.0f s -> %s",
-        final_eval, state.best_eval, state.step, state.wall_time_s, run_dir,
+        final_eval, state.best_eval, state.step, state.wall_time_s, run.run_dir,
     )  # fmt: skip
     return summary
