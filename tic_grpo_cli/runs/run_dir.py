@@ -6,8 +6,9 @@
   writes into that run (cli.py adds `hydra.run.dir=<run>`), `hydra.run.dir=...` elsewhere.
 - Who: `RunDirGuard`, a Hydra callback, locks the dir before Hydra writes anything into it
   (`run.lock`: an flock held while the process lives, holding the holder's pid and host), so
-  a second live run on it stops with one line naming the holder. The kernel drops the flock
-  when its process dies, so a killed run's lock is taken over by the next one.
+  a second live run on it stops with one line naming the holder. The file goes when the run
+  ends (finished, failed or stopped by a signal); the kernel drops the flock when its
+  process dies, so a killed run's leftover lock is taken over by the next one.
 - Tidy: a command that fails before writing results (a bad value, a missing file) removes
   the run dir it created, instead of leaving an empty one behind.
 """
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import json
 import logging
@@ -90,16 +92,7 @@ class RunLock:
         """Take the lock or raise UserError naming the live holder. A lock file left by a
         process that died (killed, crashed) is taken over, with a warning naming it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(_read_holder(fd))
-            os.close(fd)
-            raise UserError(
-                f"run dir {self.run_dir} is in use by {holder}; wait for it to end, or write "
-                "this run elsewhere with hydra.run.dir=<another dir>"
-            ) from None
+        fd = self._lock_current_file()
         previous = _read_holder(fd)
         if previous:
             log.warning("taking over %s from %s, which is no longer running", self.path,
@@ -109,12 +102,37 @@ class RunLock:
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
 
+    def _lock_current_file(self) -> int:
+        """An fd of `run.lock` with the flock held, raising UserError if a live process
+        holds it. A holder removes the file on release while still holding the flock, so
+        a file locked after it was unlinked is a stale one: open the path again."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe(_read_holder(fd))
+                os.close(fd)
+                raise UserError(
+                    f"run dir {self.run_dir} is in use by {holder}; wait for it to end, or "
+                    "write this run elsewhere with hydra.run.dir=<another dir>"
+                ) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
     def release(self) -> None:
-        """Empty the file (no holder) and drop the flock; the file stays, so a process that
-        opened it meanwhile still locks the same file."""
+        """Remove the file, then drop the flock: a finished run leaves no run.lock behind. A
+        process that opened the file before it went sees the unlinked file when it gets the
+        flock and opens the path again (`_lock_current_file`). A killed process leaves its
+        file, and the next run takes it over."""
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)
+        with contextlib.suppress(FileNotFoundError):  # a user deleted it meanwhile
+            os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
 
