@@ -44,6 +44,7 @@ from tic_grpo_cli.runs.logger import RunLogger
 from tic_grpo_cli.runs.policy_checkpoint import save_checkpoint
 from tic_grpo_cli.runtime import launch
 from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.runtime.memory import return_freed_memory
 from tic_grpo_cli.runtime.threads import CpuThreads
 from tic_grpo_cli.train.periodic_eval import TrainEval
 from tic_grpo_cli.train.progress import TrainProgress
@@ -94,6 +95,7 @@ class StopFlag:
 
     @contextmanager
     def installed(self):
+        """Handle SIGINT and SIGTERM with this flag inside the block; restore after."""
         previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
@@ -103,6 +105,7 @@ class StopFlag:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (the sampler has its own)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -259,6 +262,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = run_dirs.shared(run_dir, dist)
     dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
     device = resolve_device(hw)
+    if device.type == "cpu":
+        return_freed_memory()  # RSS follows the live tensors, step after step (memory.py)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", hw.nproc_per_node))
     threads = CpuThreads(hw.num_threads, share=local_ranks)
     threads.start()

@@ -100,6 +100,7 @@ def open_logger(
 
 
 def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
+    """One log line saying what trains: model, size, dtype, device, algorithm, batch shape."""
     tr = cfg.trainer
     log.info(
         "model %s (%.2fM params, %s on %s) | algorithm %s | batch %d prompts x %d "
