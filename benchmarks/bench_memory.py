@@ -51,7 +51,9 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def build_model(load: str, vocab: int) -> Any:
+def build_model(load: str, vocab: int, checkpointing: bool) -> Any:
+    """The model in training mode; activation checkpointing as `checkpointing` says,
+    whatever the model preset's default (which differs between versions of the code)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,86 +62,165 @@ def build_model(load: str, vocab: int) -> Any:
 
         from tic_grpo_cli.models import load_model_and_tokenizer
 
-        cfg = train_config("smollm2_135m")
+        cfg = train_config("smollm2_135m", [f"model.gradient_checkpointing={checkpointing}"])
         model, _ = load_model_and_tokenizer(cfg.model, torch.device("cpu"), torch.float32)
         return model
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, **SMOLLM2_SHAPE)
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).train()
+    model = LlamaForCausalLM(config).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    return model
+
+
+def code_version() -> str:
+    """The commit of the tic_grpo_cli this process imported (PYTHONPATH may point elsewhere
+    than this script's checkout), with '+' when its tree has changes."""
+    import subprocess
+
+    import tic_grpo_cli
+
+    where = Path(tic_grpo_cli.__file__).parent
+    git = ["git", "-C", str(where)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True, text=True)
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") or "unknown"
+
+
+def set_malloc(mode: str) -> str:
+    """`trainer`: what `tic-grpo train` does to glibc's malloc (runtime/memory.py), when the
+    code has it; `default`: glibc's own dynamic thresholds. Returns what applies."""
+    import tic_grpo_cli
+
+    if mode == "default":
+        return "default"
+    try:
+        from tic_grpo_cli.runtime import memory
+    except ImportError:  # older code: the trainer left malloc alone
+        return "default"
+    if Path(tic_grpo_cli.__file__).parent not in Path(memory.__file__).parents:
+        return "default"  # found in another checkout by an editable install (see worker)
+    return "trainer" if memory.return_freed_memory() else "default"
+
+
+def record(numbers: dict[str, Any], step: int, new: Any, loss: Any, model: Any) -> None:
+    """Keep what --dump compares between two versions of the code: each step's log-probs
+    (the second after one AdamW step), loss and gradient norm (whole-batch micro only)."""
+    import torch
+
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    numbers[f"logprobs{step}"] = new.detach().clone()
+    numbers[f"loss{step}"] = loss.item()
+    numbers[f"grad_norm{step}"] = torch.linalg.vector_norm(torch.stack(grads)).item()
+
+
+def logprobs_mode(mode: str) -> str:
+    """Set the log-prob path of `--logprobs` up; returns what the imported code runs."""
+    import tic_grpo_cli
+
+    try:
+        from tic_grpo_cli import logprobs
+    except ImportError:
+        return "old code"
+    if Path(logprobs.__file__).parent != Path(tic_grpo_cli.__file__).parent:
+        # Code older than logprobs.py (PYTHONPATH=<an old checkout>): an editable install
+        # still finds the module in its own checkout, but the old code never calls it.
+        return "old code"
+    if mode == "full":
+        logprobs.CHUNK_ELEMENTS = 2**62  # one slice: the plain formula, as before
+    return mode
+
+
+def random_batch(rows: int, prompt: int, length: int, vocab: int) -> tuple[Any, ...]:
+    """Seeded prompt and completion ids with all-true masks, as `completion_logprobs`
+    takes them: ([rows, prompt], [rows, prompt], [rows, length], [rows, length])."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(vocab, (rows, prompt), generator=g)
+    completion_ids = torch.randint(vocab, (rows, length), generator=g)
+    ones = torch.ones(rows, prompt + length, dtype=torch.bool)
+    return prompt_ids, ones[:, :prompt], completion_ids, ones[:, prompt:]
 
 
 def worker(point: dict[str, Any]) -> dict[str, Any]:
     """One measurement: RSS after each phase of two micro-batch updates (see the docstring)."""
     import torch
 
-    from tic_grpo_cli import logprobs
     from tic_grpo_cli.sampling import completion_logprobs
 
     torch.set_num_threads(point["threads"])
-    if point["logprobs"] == "full":
-        logprobs.CHUNK_ELEMENTS = 2**62  # one slice: the plain formula, as before
+    point = {**point, "logprobs": logprobs_mode(point["logprobs"])}
+    point["malloc"] = set_malloc(point["malloc"])
     phases: dict[str, dict[str, float]] = {}
 
     def mark(name: str) -> None:
         phases[name] = {"rss_mb": current_rss_mb(), "peak_mb": peak_rss_mb()}
 
     mark("start")
-    model = build_model(point["load"], point["vocab"])
+    model = build_model(point["load"], point["vocab"], point["checkpointing"])
     vocab = model.config.vocab_size
     mark("load")
-    g = torch.Generator().manual_seed(0)
-    rows, plen, clen = point["batch"], point["prompt"], point["length"]
-    prompt_ids = torch.randint(vocab, (rows, plen), generator=g)
-    completion_ids = torch.randint(vocab, (rows, clen), generator=g)
-    prompt_mask = torch.ones(rows, plen, dtype=torch.bool)
-    completion_mask = torch.ones(rows, clen, dtype=torch.bool)
-    args = (model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    rows, clen, micro = point["batch"], point["length"], point["micro"] or point["batch"]
+    batch = random_batch(rows, point["prompt"], clen, vocab)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    if point["checkpointing"]:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    micro = point["micro"] or rows
     temperature = point["temperature"]
     with torch.no_grad():
-        old = completion_logprobs(*args, micro_batch_size=micro, temperature=temperature)
+        old = completion_logprobs(model, *batch, micro_batch_size=micro, temperature=temperature)
     mark("old")
+    numbers: dict[str, Any] = {"old_logprobs": old.clone()}
     for step in (1, 2):
         # As train/update.py: forward and backward one micro-batch at a time.
         for start in range(0, rows, micro):
-            part = [t[start : start + micro] for t in args[1:]]
+            part = [t[start : start + micro] for t in batch]
             new = completion_logprobs(model, *part, temperature=temperature)
             mark(f"forward{step}")
             # A ratio-shaped loss: the backward goes through exp(new - old) as the trainer's.
-            ratio = (new - old[start : start + micro]).exp()
-            (ratio * part[3]).sum().div(rows).backward()
+            loss = ((new - old[start : start + micro]).exp() * part[3]).sum().div(rows)
+            loss.backward()
             mark(f"backward{step}")
-            del new, ratio
+            if point["dump"]:
+                record(numbers, step, new, loss, model)
+            del new, loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         mark(f"step{step}")
+    if point["dump"]:
+        torch.save(numbers, point["dump"])
     params = sum(p.numel() for p in model.parameters())
     return {
-        **point,
-        "vocab": vocab,
-        "params_m": params / 1e6,
-        "logits_mb": micro * (clen + 1) * vocab * 4 / 2**20,
-        "weights_mb": params * 4 / 2**20,
-        "phases": phases,
-        "peak_mb": peak_rss_mb(),
-    }
+        **point, "code": code_version(), "vocab": vocab, "params_m": params / 1e6,
+        "logits_mb": micro * (clen + 1) * vocab * 4 / 2**20, "weights_mb": params * 4 / 2**20,
+        "phases": phases, "peak_mb": peak_rss_mb(),
+    }  # fmt: skip
+
+
+def compare(a: Path, b: Path) -> dict[str, float]:
+    """The largest absolute difference of each --dump entry between two runs."""
+    import torch
+
+    one, two = torch.load(a), torch.load(b)
+    out = {}
+    for key in sorted(one.keys() & two.keys()):
+        x, y = torch.as_tensor(one[key]), torch.as_tensor(two[key])
+        out[f"{key} max |diff|"] = (x - y).abs().max().item()
+        out[f"{key} max |value|"] = x.abs().max().item()
+    return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """A markdown table, one row per result: peak RSS in MB after each phase."""
     head = (
-        "| B | micro | ckpt | L | V | log-probs | logits MB | weights MB | after load | "
-        "after old | forward | backward | step 1 | steady (2nd step) | peak MB |"
+        "| code | malloc | B | micro | ckpt | L | V | log-probs | logits MB | weights MB | "
+        "after load | after old | forward | backward | step 1 | steady (2nd step) | peak MB |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 17]
     for r in results:
         p = r["phases"]
         cells = [
-            r["batch"], r["micro"] or r["batch"], "on" if r["checkpointing"] else "off",
-            r["length"], r["vocab"], r["logprobs"], f"{r['logits_mb']:.0f}",
+            r.get("code", "?"), r.get("malloc", "default"), r["batch"], r["micro"] or r["batch"],
+            "on" if r["checkpointing"] else "off", r["length"], r["vocab"], r["logprobs"], f"{r['logits_mb']:.0f}",
             f"{r['weights_mb']:.0f}", f"{p['load']['peak_mb']:.0f}", f"{p['old']['peak_mb']:.0f}",
             f"{p['forward1']['peak_mb']:.0f}", f"{p['backward1']['peak_mb']:.0f}",
             f"{p['step1']['peak_mb']:.0f}", f"{p['backward2']['peak_mb']:.0f}",
@@ -150,6 +231,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    """Run every point of the grid in its own worker; print the table, write --out."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=_ints, default=[4, 16], help="completions per micro-batch")
     p.add_argument("--length", type=_ints, default=[50, 150], help="completion tokens")
@@ -161,11 +243,27 @@ def main() -> int:
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--malloc",
+        choices=["trainer", "default"],
+        default="trainer",
+        help="trainer: return freed memory as tic-grpo train does; default: glibc's",
+    )
+    p.add_argument(
+        "--dump",
+        type=Path,
+        help="save each step's log-probs, loss, grad norm here "
+        "(one point only; compare two checkouts with --compare)",
+    )
+    p.add_argument("--compare", type=Path, nargs=2, help="compare two --dump files and exit")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.compare:
+        print(json.dumps(compare(*args.compare), indent=1))
         return 0
     vocabs = args.vocab if args.load == "random" else [0]
     results = []
@@ -177,6 +275,7 @@ def main() -> int:
                         batch=batch, length=length, vocab=vocab, prompt=args.prompt,
                         logprobs=mode, load=args.load, temperature=args.temperature,
                         threads=args.threads, micro=micro, checkpointing=args.checkpointing,
+                        malloc=args.malloc, dump=str(args.dump) if args.dump else None,
                     )  # fmt: skip
                     result, load = run_worker(Path(__file__), ["--worker", json.dumps(point)])
                     result["other_cores"] = load.other_cores

@@ -51,6 +51,28 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert cfg.algorithm.name == "grpo" and cfg.model.name_or_path == "tiny"
 
 
+@pytest.mark.parametrize(
+    "command,dataset,shown,hidden",
+    [
+        ("train", ["dataset=jsonl", "dataset.path=data.jsonl"], ["path", "prompt_field"],
+         ["digits", "operators", "train_size", "chain_length", "max_number"]),
+        ("eval", ["dataset=jsonl", "dataset.path=data.jsonl"], ["path", "test_size"],
+         ["digits", "num_numbers"]),
+        ("train", [], ["digits", "operators", "train_size"],
+         ["path", "prompt_field", "chain_length", "max_target"]),
+        ("train", ["dataset=countdown"], ["operators", "max_target"], ["digits", "path"]),
+    ],
+)  # fmt: skip
+def test_cfg_job_shows_the_dataset_keys_of_its_kind_only(tmp_path, command, dataset, shown,
+                                                         hidden):  # fmt: skip
+    """A JSONL data set's `--cfg job` listed the arithmetic task's digits and operators."""
+    out = run_cli(command, "--cfg", "job", *dataset, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    keys = set(OmegaConf.create(out.stdout).dataset)
+    assert set(shown) <= keys and not set(hidden) & keys, sorted(keys)
+    assert {"seed", "max_completion_length", "reward", "prompt_template"} <= keys
+
+
 def test_cfg_job_checks_values_and_works_for_sweeps(tmp_path):
     """`--cfg job` printed a config with a bad value without complaint, and `sweep --cfg job`
     ended in a traceback (Hydra refuses --cfg with --multirun)."""

@@ -297,6 +297,10 @@ def _run_app(command: str, args: list[str]) -> int:
     # error messages show the command the user typed. Printed commands still need the real one.
     errors.ENTRY_POINT = errors.ENTRY_POINT or (sys.argv[0] if sys.argv else "")
     sys.argv = [f"tic-grpo {command}", *app_args]
+    if overrides.SHOW_CONFIG & set(app_args):
+        from tic_grpo_cli.config import shown
+
+        shown.install()  # --cfg job: the dataset keys of its kind only
     if command != "sweep":
         app()
         return 0

@@ -79,8 +79,23 @@ def test_score_with_weighted_reward_functions(tmp_path, monkeypatch, capsys):
     args = ["reward.fns=[my_terms:short]", "reward.weights=[0.5]", f"output={out}"]
     assert main(["score", f"input={source}", "scorer=gsm8k", *args]) == 0
     # correct + 0.5 * short: "So \boxed{9{,}500}." is 19 characters, not short.
-    assert [r["reward"] for r in read_jsonl(out)] == [1.0, 0.0]
+    rows = read_jsonl(out)
+    assert [r["reward"] for r in rows] == [1.0, 0.0]
     assert "reward/short" in capsys.readouterr().out
+    # Each row says how its reward adds up: every term, unweighted.
+    assert [(r["reward/correct"], r["reward/short"]) for r in rows] == [(1.0, 0.0), (0.0, 0.0)]
+
+
+def test_score_rows_of_a_completions_list_carry_each_term_per_completion(tmp_path):
+    rows = [{"completions": ["<a>5</a>", "5", "4"], "answer": "5"}]
+    source = write_jsonl(tmp_path / "predictions.jsonl", rows)
+    out = tmp_path / "scored.jsonl"
+    args = ["scorer=number", "reward.format_pattern=<a>.*</a>", "reward.format_weight=0.5"]
+    assert main(["score", f"input={source}", *args, f"output={out}"]) == 0
+    (row,) = read_jsonl(out)
+    assert row["reward/correct"] == [1.0, 1.0, 0.0]
+    assert row["reward/format"] == [1.0, 0.0, 0.0]
+    assert row["reward"] == [1.5, 1.0, 0.0]
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,15 @@ def test_two_runs_started_together_write_their_own_dirs(tmp_path):
     for run in runs:
         rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
         assert [r["step"] for r in rows] == [1, 2]
+        assert not (run / LOCK_FILE).exists()  # a finished run leaves no lock behind
+
+
+def test_a_finished_eval_leaves_no_lock_in_its_dir(tmp_path):
+    proc = cli("eval", "eval.limit=4", "hardware.num_threads=1", cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (run,) = tmp_path.glob("outputs/eval/*/*")
+    assert (run / "metrics.jsonl").is_file() and not (run / LOCK_FILE).exists()
 
 
 def test_a_second_process_cannot_lock_a_held_run_dir(tmp_path, caplog):
@@ -96,7 +105,35 @@ def test_a_second_process_cannot_lock_a_held_run_dir(tmp_path, caplog):
     assert f"pid {proc.pid}" in caplog.text and "no longer running" in caplog.text
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     lock.release()
-    assert (tmp_path / LOCK_FILE).read_text() == ""
+    assert not (tmp_path / LOCK_FILE).exists()  # released: nothing left to say who held it
+
+
+def test_a_lock_file_removed_while_waited_on_is_not_locked_twice(tmp_path):
+    """A second process that opened run.lock before its holder removed it, then got the
+    flock of the unlinked file, must not count as holding the dir: a third one would lock
+    the new file and two would write into one dir."""
+    first = RunLock(tmp_path)
+    first.acquire()
+    stale = os.open(tmp_path / LOCK_FILE, os.O_RDWR)  # opened while first holds it
+    first.release()
+    second = RunLock(tmp_path)
+    real_open = os.open
+    opened = []
+
+    def open_stale_first(path, *args):  # the second process's open came before the unlink
+        opened.append(path)
+        return os.dup(stale) if len(opened) == 1 else real_open(path, *args)
+
+    try:
+        os.open = open_stale_first
+        second.acquire()
+    finally:
+        os.open = real_open
+        os.close(stale)
+    assert len(opened) == 2  # the stale file was dropped for the one at the path
+    with pytest.raises(UserError, match="in use by"):
+        RunLock(tmp_path).acquire()
+    second.release()
 
 
 def test_train_on_a_run_dir_in_use_stops_before_writing_into_it(tmp_path):

@@ -188,7 +188,7 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
-    """A scheduler's SIGTERM (SIGINT: tests/test_resume.py) exits 128 + 15, as a shell
+    """A scheduler's SIGTERM (SIGINT: tests/train/test_state.py) exits 128 + 15, as a shell
     reports a command SIGTERM ended, not 2 (a bad command)."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(

@@ -165,6 +165,26 @@ class DatasetConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
+# Dataset keys that only some kinds read (data/embedded.py, data/hf.py); every other key
+# (seed, test_size, the prompt and reward keys, max_completion_length) applies to all.
+# `--cfg job` shows a dataset the keys of its own kind only (config/shown.py).
+EMBEDDED_KINDS = ("arithmetic", "countdown", "chain")
+DATASET_KIND_KEYS = {
+    "train_size": EMBEDDED_KINDS,
+    "digits": ("arithmetic",),
+    "operators": ("arithmetic", "countdown"),
+    "num_numbers": ("countdown",),
+    "max_number": ("countdown",),
+    "max_target": ("countdown",),
+    "chain_length": ("chain",),
+    **dict.fromkeys(
+        ("path", "config_name", "data_files", "cache_dir", "train_split", "test_split",
+         "prompt_field", "answer_field", "skip_bad_rows"),
+        ("hf",),
+    ),
+}  # fmt: skip
+
+
 @dataclass
 class HardwareConfig:
     device: Device = Device.auto
@@ -221,6 +241,7 @@ class TrainerConfig:
     eval_limit: int | None = None
     eval_batch_size: int = 256
     log_every: int = 40
+    # Samples every this many steps and at the last one (0: none).
     log_samples_every: int = 400
     save_every: int = 400
     # Pruning keeps the newest keep_last checkpoints (0: all) and, of the older ones, the

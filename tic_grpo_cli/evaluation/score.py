@@ -4,7 +4,8 @@ Scores completions without a model, to check a reward on one's own data before a
 Each input row holds `completion` and `answer` (plus any field a scorer or reward function
 reads: `data_source`, `numbers`, ...), or, as in an eval run's predictions.jsonl, a list
 `completions`. Output rows are the input rows plus `correct`, `extracted`, `normalized`,
-`reward` and `timed_out` (lists for a `completions` row). A summary table follows.
+`reward`, `timed_out` and each reward term unweighted as `reward/<name>` (lists for a
+`completions` row). A summary table follows.
 
 The command is a Hydra app like train and eval (cli.score_app, conf/score.yaml: `--help`,
 `--cfg job`, the typo check); this module holds its schema and the work.
@@ -113,6 +114,9 @@ def score_rows(rewarder: Rewarder, rows: list[dict[str, Any]]) -> tuple[list, Re
         "normalized": result.normalized,
         "reward": result.rewards,
         "timed_out": result.timed_out,
+        # Each term unweighted, as training logs it (reward/correct, reward/format, one per
+        # reward.fns), so a row shows why its reward is what it is; timed_out is above.
+        **{f"reward/{name}": v for name, v in result.terms.items() if name != "timed_out"},
     }
     # An eval predictions.jsonl's own `rewards` would contradict the new `reward`.
     out = [{k: v for k, v in row.items() if k != "rewards"} for row in rows]

@@ -5,10 +5,12 @@
   it is the launcher's pid, the same for every local rank). `tic-grpo train resume=<run>`
   writes into that run (cli.py adds `hydra.run.dir=<run>`), `hydra.run.dir=...` elsewhere.
 - Who: `RunDirGuard`, a Hydra callback, locks the dir before Hydra writes anything into it
-  (`run.lock`: an flock, through `filelock`, held while the process lives; the file names
-  the holder's pid and host), so a second live run on it stops with one line naming the
-  holder. The kernel drops the flock when its process dies, so a killed run's lock is taken
-  over by the next one.
+  (`run.lock`: an flock held while the process lives, holding the holder's pid and host), so
+  a second live run on it stops with one line naming the holder. The file goes when the run
+  ends (finished, failed or stopped by a signal); the kernel drops the flock when its
+  process dies, so a killed run's leftover lock is taken over by the next one. (Not
+  `filelock`: it keeps its file after release, because removing it races with a process
+  waiting on the old file; `_lock_current_file` closes that race, so the file can go.)
 - Tidy: a command that fails before writing results (a bad value, a missing file) removes
   the run dir it created, instead of leaving an empty one behind.
 """
@@ -16,6 +18,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,7 +30,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,9 +49,7 @@ HELD_ENV = "TIC_GRPO_RUN_DIR_HELD"
 _BOOKKEEPING = {".hydra", LOCK_FILE, "wandb"}
 # The run dirs this process holds. An flock belongs to an open file, so a second lock by
 # the same process would fail: a job run again in-process (a sweep continued after an
-# interrupt, cli.main called twice) takes over the lock it still holds. Kept here, a lock
-# also lasts until released, as an flock does, though its RunLock is dropped: filelock
-# releases a lock whose object is garbage-collected.
+# interrupt, cli.main called twice) takes over the lock it still holds.
 _HELD: dict[Path, RunLock] = {}
 
 
@@ -82,51 +83,67 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """An exclusive lock on `run_dir/run.lock` (filelock's flock), the file naming its holder
-    as JSON. filelock >= 3.30 leaves the file as it is when a lock attempt fails, so the
-    holder's name survives for the next one to read."""
+    """An exclusive flock on `run_dir/run.lock`, which names its holder as JSON."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir).absolute()
+        self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        # The process holds the lock, whichever thread releases it (atexit, a callback).
-        self._lock = FileLock(self.path, timeout=0, thread_local=False)
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock or raise UserError naming the live holder. A lock file left by a
         process that died (killed, crashed) is taken over, with a warning naming it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Read before locking: the winner of the lock may empty the file as it takes it.
-        previous = self._holder()
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise UserError(
-                f"run dir {self.run_dir} is in use by {_describe(self._holder())}; wait for it "
-                "to end, or write this run elsewhere with hydra.run.dir=<another dir>"
-            ) from None
+        fd = self._lock_current_file()
+        previous = _read_holder(fd)
         if previous:
             log.warning("taking over %s from %s, which is no longer running", self.path,
                         _describe(previous))  # fmt: skip
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
-        # Another open of the file: closing it keeps the lock, which belongs to filelock's.
-        self.path.write_text(json.dumps(me))
-        _HELD[self.run_dir] = self
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+
+    def _lock_current_file(self) -> int:
+        """An fd of `run.lock` with the flock held, raising UserError if a live process
+        holds it. A holder removes the file on release while still holding the flock, so
+        a file locked after it was unlinked is a stale one: open the path again."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe(_read_holder(fd))
+                os.close(fd)
+                raise UserError(
+                    f"run dir {self.run_dir} is in use by {holder}; wait for it to end, or "
+                    "write this run elsewhere with hydra.run.dir=<another dir>"
+                ) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def release(self) -> None:
-        """Empty the file (no holder) and drop the lock; the file stays, so a process that
-        opened it meanwhile still locks the same file."""
-        if not self._lock.is_locked:
+        """Remove the file, then drop the flock: a finished run leaves no run.lock behind. A
+        process that opened the file before it went sees the unlinked file when it gets the
+        flock and opens the path again (`_lock_current_file`). A killed process leaves its
+        file, and the next run takes it over."""
+        if self._fd is None:
             return
-        self.path.write_text("")
-        self._lock.release()
-        _HELD.pop(self.run_dir, None)
+        with contextlib.suppress(FileNotFoundError):  # a user deleted it meanwhile
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
 
-    def _holder(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
 
 
 def _describe(holder: dict[str, Any]) -> str:
@@ -170,15 +187,15 @@ class RunDirGuard(Callback):
             return  # a rank: the launcher (or rank 0 under torchrun) holds the dir
         missing = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         self.created = missing[-1] if missing else None
-        held = _HELD.get(run_dir)
-        self.lock = held or RunLock(run_dir)
-        if held is None:
+        self.lock = _HELD.get(run_dir) or RunLock(run_dir)
+        if run_dir not in _HELD:
             try:
                 self.lock.acquire()
             except UserError as err:
                 self.lock = None
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
+            _HELD[run_dir] = self.lock
         os.environ[HELD_ENV] = str(run_dir)
         # Errors end the process with SystemExit (cli._fail), past Hydra's on_run_end.
         atexit.register(self.finish)
@@ -188,6 +205,7 @@ class RunDirGuard(Callback):
         if self.lock is None:
             return
         run_dir, self.lock = self.lock.run_dir, self.lock.release()
+        _HELD.pop(run_dir, None)
         os.environ.pop(HELD_ENV, None)
         if self.created and run_dir.is_dir() and not holds_results(run_dir):
             _close_logs_in(run_dir)

@@ -21,38 +21,42 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from tic_grpo_cli import lora
 from tic_grpo_cli.config.resume_argv import overrides_file
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import Examples, Task, build_task
 from tic_grpo_cli.data.lengths import check_prompts, completion_limit
-from tic_grpo_cli.errors import Interrupted, UserError, program
+from tic_grpo_cli.errors import Interrupted, program
 from tic_grpo_cli.models import (
     load_tokenizer,
     resolve_device,
     resolve_dtype,
 )
-from tic_grpo_cli.runs import checkpoint as ckpt
 from tic_grpo_cli.runs import run_dir as run_dirs
-from tic_grpo_cli.runs.files import atomic_write_json, read_jsonl
-from tic_grpo_cli.runs.logger import RunLogger
+from tic_grpo_cli.runs.files import atomic_write_json
 from tic_grpo_cli.runs.policy_checkpoint import save_checkpoint
 from tic_grpo_cli.runtime import launch
 from tic_grpo_cli.runtime.distributed import Dist
+from tic_grpo_cli.runtime.memory import return_freed_memory
 from tic_grpo_cli.runtime.threads import CpuThreads
 from tic_grpo_cli.train.periodic_eval import TrainEval
 from tic_grpo_cli.train.policy import Policy, load_policy, policy_model_config
-from tic_grpo_cli.train.progress import TrainProgress, format_row, print_samples
+from tic_grpo_cli.train.progress import TrainProgress
+from tic_grpo_cli.train.reporting import (
+    crossed,
+    log_start,
+    open_logger,
+    report,
+    stop_if_diverged,
+    summarize,
+)
 from tic_grpo_cli.train.rollout import (
     PromptSampler,
     collect_rollout,
     gather_rollout,
-    pick_samples,
     rollout_metrics,
 )
 from tic_grpo_cli.train.signals import LearningSignals
@@ -68,10 +72,6 @@ from tic_grpo_cli.train.state import load as load_checkpoint_state
 from tic_grpo_cli.train.update import policy_update
 
 log = logging.getLogger("tic_grpo")
-
-
-class TrainingStopped(UserError):
-    """The run stopped on purpose (signal, repeated non-finite updates); work is saved."""
 
 
 class StopFlag:
@@ -132,72 +132,6 @@ def save(
     return path
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
-    return every > 0 and after // every > before // every
-
-
-def report(
-    logger: RunLogger, state: TrainState, rollout, step_rows: list[dict[str, Any]],
-    timing: dict[str, float], cfg: DictConfig, is_main: bool,
-) -> int:  # fmt: skip
-    """Log one metrics row per optimizer step of the rollout (its metrics, `timing` and the
-    step's own), the console line every `log_every` steps and samples every
-    `log_samples_every`; count non-finite updates (skipped by the inner loop). Returns the
-    rollout's completion tokens."""
-    tr, before = cfg.trainer, state.step
-    tokens = int(rollout.gen.completion_mask.sum())
-    seconds = timing["time/rollout_s"] + timing["time/update_s"]
-    shared = {
-        **rollout_metrics(rollout, tr.group_size),
-        "rollout": state.updates,
-        **timing,
-        "throughput/tokens_per_s": tokens / max(seconds, 1e-9),
-    }
-    for row in step_rows:
-        state.step += 1
-        state.nonfinite_streak = state.nonfinite_streak + 1 if row["nonfinite"] else 0
-        state.nonfinite_total += row["nonfinite"]
-        logger.log({"step": state.step, **shared, **row, "nonfinite_total": state.nonfinite_total})
-    if _crossed(before, state.step, tr.log_every):
-        log.info(format_row({"step": state.step, **shared, **step_rows[-1]}))
-    if is_main and _crossed(before, state.step, tr.log_samples_every):
-        samples = pick_samples(rollout)
-        logger.log_samples(state.step, samples)
-        print_samples(samples, state.step)
-    return tokens
-
-
-def stop_if_diverged(tr: DictConfig, state: TrainState, run_dir: Path, logger) -> None:
-    """Raise TrainingStopped after `trainer.max_nonfinite_steps` non-finite updates in a row."""
-    if state.nonfinite_streak < tr.max_nonfinite_steps:
-        return
-    last = ckpt.list_checkpoints(run_dir)
-    where = f"; last good checkpoint: {last[-1][1]}" if last else ""
-    logger.finish({})
-    raise TrainingStopped(
-        f"stopped after {state.nonfinite_streak} non-finite updates in a "
-        f"row (trainer.max_nonfinite_steps={tr.max_nonfinite_steps})"
-        f"{where}; lower trainer.lr or check the reward"
-    )
-
-
-def open_logger(
-    cfg: DictConfig, run_dir: Path, dist: Dist, state: TrainState, source: Path | None
-) -> RunLogger:
-    """The run's metrics.jsonl, samples.jsonl and W&B run (rank 0 only). Resumed from
-    `source`: the same W&B run, the rows logged after the checkpoint's step dropped; a
-    fresh run sets an earlier run's rows in the dir aside."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    logger = RunLogger(run_dir, cfg.wandb, config, state.wandb_id, enabled=dist.is_main)
-    state.wandb_id = logger.wandb_id
-    if source:
-        logger.truncate_after(state.step)
-        log.info("resumed from %s at step %d", source, state.step)
-    else:
-        logger.set_aside_earlier_run()
-    return logger
-
-
 def build_train_task(cfg: DictConfig, tokenizer) -> tuple[Task, Examples]:
     """The task and its train split, checked with the tokenizer alone (the chat template,
     the prompts against dataset.max_prompt_length and, with trainer.max_completion_length
@@ -210,55 +144,6 @@ def build_train_task(cfg: DictConfig, tokenizer) -> tuple[Task, Examples]:
     )
     check_prompts(task, cfg.dataset, tokenizer, ("train", "test"), limit)
     return task, task.split("train")  # as check_prompts left it (skip_bad_rows)
-
-
-def log_start(cfg: DictConfig, model, dtype: torch.dtype, device, run_dir: Path) -> None:
-    """Log the run's one start line: model, parameters trained (LoRA's r, targets and count
-    of the total), dtype, device, algorithm, batch shape, steps and run dir."""
-    tr, adapter = cfg.trainer, cfg.model.lora
-    trainable, total = lora.parameter_counts(model)
-    if adapter.enabled:
-        targets = ",".join(adapter.target_modules)
-        params = f"LoRA r={adapter.r} on {targets}: {trainable / 1e6:.2f}M of {total / 1e6:.2f}M"
-    else:
-        params = f"{total / 1e6:.2f}M"
-    log.info(
-        "model %s (%s params trained, %s on %s) | algorithm %s | batch %d prompts x %d "
-        "completions, K=%d minibatches x %d epoch(s) | %d steps | run dir %s",
-        cfg.model.name_or_path,
-        params,
-        str(dtype).removeprefix("torch."),
-        device,
-        cfg.algorithm.name,
-        tr.rollout_batch_size,
-        tr.group_size,
-        tr.rollout_batch_size // tr.minibatch_size,
-        tr.ppo_epochs,
-        tr.max_steps,
-        run_dir,
-    )
-
-
-def summarize(
-    cfg: DictConfig, state: TrainState, final_eval: float, metrics_path: Path
-) -> dict[str, Any]:
-    """summary.json: final and best eval accuracy, the mean reward of the last rollout, and
-    the training time and throughput of the whole run (all its sessions)."""
-    wall = state.wall_time_s
-    k_minibatches = cfg.trainer.rollout_batch_size // cfg.trainer.minibatch_size
-    rewards = [r["reward/mean"] for r in read_jsonl(metrics_path) if "reward/mean" in r]
-    return {
-        "final/eval_accuracy": final_eval,
-        "best/eval_accuracy": state.best_eval,
-        "final/reward": float(np.mean(rewards[-k_minibatches:])) if rewards else float("nan"),
-        "steps": state.step,
-        "rollouts": state.rollouts,
-        "wall_time_s": wall,
-        "throughput/tokens_per_s": state.tokens / max(wall, 1e-9),
-        "nonfinite_total": state.nonfinite_total,
-        "algorithm": cfg.algorithm.name,
-        "seed": cfg.seed,
-    }
 
 
 def sample_rollout(
@@ -294,6 +179,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = run_dirs.shared(run_dir, dist)
     dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
     device = resolve_device(hw)
+    if device.type == "cpu":
+        return_freed_memory()  # RSS follows the live tensors, step after step (memory.py)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", hw.nproc_per_node))
     threads = CpuThreads(hw.num_threads, share=local_ranks)
     threads.start()
@@ -320,6 +207,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log_start(cfg, policy.model, dtype, device, run_dir)
     evaluate = TrainEval(cfg, policy.model, policy.tokenizer, task, logger, dist, device, run_dir)
     started, stop = time.perf_counter(), StopFlag()
+    saved: dict[int, Path] = {}  # step -> its checkpoint: a step is saved at most once
+
+    def checkpoint() -> Path:
+        if state.step not in saved:
+            saved[state.step] = save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
+        return saved[state.step]
+
     signals = LearningSignals(tr.max_completion_length)  # warns when the run cannot learn
     state.tick(restart=True)
     if state.step == 0 and tr.eval_every > 0:
@@ -360,20 +254,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             progress.update(state.step, reward=float(rollout.rewards.mean()),
                             eval_accuracy=state.last_eval,
                             tokens_per_s=tokens / (item.seconds + t2 - t1))  # fmt: skip
-            if _crossed(before, state.step, tr.log_every):
+            if crossed(before, state.step, tr.log_every):
                 progress.beat()
             stop_if_diverged(tr, state, run_dir, logger)
             elapsed = time.perf_counter() - started
             if tr.max_time_minutes and dist.any(elapsed > 60 * tr.max_time_minutes):
                 log.info("trainer.max_time_minutes reached at step %d", state.step)
                 break
-            if state.step < tr.max_steps and _crossed(before, state.step, tr.eval_every):
+            if state.step < tr.max_steps and crossed(before, state.step, tr.eval_every):
                 evaluate(state)
-            if state.step < tr.max_steps and _crossed(before, state.step, tr.save_every):
-                save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
+            if state.step < tr.max_steps and crossed(before, state.step, tr.save_every):
+                checkpoint()
 
     if dist.any(stop.signal is not None):
-        path = save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
+        path = checkpoint()  # the save_every one, if the signal came on such a step
         logger.finish({})
         where = f"interrupted at step {state.step}, checkpoint {path}"
         # The run's overrides are in the checkpoint: this command alone continues it in place.
@@ -384,7 +278,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     final_eval = state.last_eval
     if tr.eval_every > 0 or math.isnan(final_eval):
         final_eval = evaluate(state)
-    save(cfg, run_dir, dist, policy, state, sampler, generator, queue)
+    checkpoint()
     summary = summarize(cfg, state, final_eval, logger.metrics_path)
     if dist.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
