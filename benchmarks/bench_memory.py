@@ -148,7 +148,7 @@ def worker(point: dict[str, Any]) -> dict[str, Any]:
     """One measurement: RSS after each phase of two micro-batch updates (see the docstring)."""
     import torch
 
-    from tic_grpo_cli.sampling import completion_logprobs
+    from tic_grpo_cli.logprobs import completion_logprobs
 
     torch.set_num_threads(point["threads"])
     point = {**point, "logprobs": logprobs_mode(point["logprobs"])}

@@ -157,7 +157,7 @@ def small_llama(vocab: int = 300, model_type: str = "llama"):
 
 @pytest.mark.parametrize("chunk", [100, 1000, 10**9])  # a row in pieces, whole rows, one slice
 def test_the_sliced_head_equals_the_models_own_forward(monkeypatch, chunk):
-    from tic_grpo_cli.sampling import completion_logprobs
+    from tic_grpo_cli.logprobs import completion_logprobs
 
     model = small_llama()
     g = torch.Generator().manual_seed(1)
@@ -200,7 +200,7 @@ HEAD_PEAK = textwrap.dedent(
         lp.CHUNK_ELEMENTS = 2**18
     except ImportError:
         pass
-    from tic_grpo_cli.sampling import completion_logprobs
+    from tic_grpo_cli.logprobs import completion_logprobs
     torch.manual_seed(0)
     vocab, rows, length = 32768, 4, 128
     config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,

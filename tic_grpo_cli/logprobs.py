@@ -1,4 +1,5 @@
-"""log softmax(logits / T)[token] for the sampled tokens only, in bounded memory.
+"""log softmax(logits / T)[token] for the sampled tokens only, in bounded memory, and
+`completion_logprobs`: the trainer's log-probs of given completions (the sampler's twin).
 
 The textbook `log_softmax(logits)[token]`, or `logits[token] - logsumexp(logits)` through
 autograd, holds several float32 copies of the [B, L, V] logits at once: the exp inside
@@ -25,10 +26,14 @@ whole-batch product to float rounding, not bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Logits per slice: 2**24 float32 values are 64 MiB of temporaries; a slice of the tiny
 # model's whole micro-batch is one slice, so small vocabularies take a single pass.
@@ -184,3 +189,63 @@ def head_token_logprobs(
 
 def _slice_logprobs(hidden: Tensor, head: torch.nn.Linear, tokens: Tensor, temperature: float):
     return token_logprobs(head(hidden), tokens, temperature)
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions that count only attended tokens, so left padding does not shift them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    micro_batch_size: int | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """log pi(completion token | prompt, earlier tokens), [B, L] float32, 0 where masked.
+
+    pi is softmax(logits / temperature): pass the sampling temperature so these are the
+    log-probs of the distribution the completions were drawn from (`Generation.logprobs`).
+
+    Differentiable: call it under ``torch.no_grad()`` for old/reference log-probs. One
+    forward over ``[prompt | completion]``; only the L positions that predict completion
+    tokens go through the vocab projection. ``micro_batch_size`` chunks rows to bound
+    activation memory and gives the same result. Dropout is the caller's business: use
+    ``model.eval()`` for log-probs that match the sampler's.
+    """
+    rows = prompt_ids.shape[0]
+    step = micro_batch_size or rows
+    parts = [
+        _completion_logprobs_chunk(
+            model,
+            prompt_ids[i : i + step],
+            prompt_mask[i : i + step],
+            completion_ids[i : i + step],
+            completion_mask[i : i + step],
+            temperature,
+        )
+        for i in range(0, rows, step)
+    ]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _completion_logprobs_chunk(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    temperature: float,
+) -> Tensor:
+    mask = torch.cat([prompt_mask, completion_mask], dim=1).bool()
+    inputs = {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": mask,
+        "position_ids": position_ids_from_mask(mask),
+        "use_cache": False,
+    }
+    logprobs = model_token_logprobs(model, inputs, completion_ids, temperature)
+    return logprobs.masked_fill(~completion_mask.bool(), 0.0)

@@ -1,5 +1,5 @@
-"""Batched sampling with a KV cache (`generate` -> `Generation`) and the log-probs of given
-completions (`completion_logprobs`): the two ways the policy meets tokens.
+"""Batched sampling with a KV cache (`generate` -> `Generation`); the log-probs of given
+completions (`logprobs.completion_logprobs`) are the other way the policy meets tokens.
 
 `generate` is the hot path of an RL step, so it is a bare loop: one prefill, then one
 forward per new token on a pre-allocated KV cache; no logits processors, no stopping-criteria
@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from tic_grpo_cli.encoding import encode_prompts
-from tic_grpo_cli.logprobs import model_token_logprobs, token_logprobs
+from tic_grpo_cli.logprobs import position_ids_from_mask, token_logprobs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,11 +46,6 @@ class Generation:
     # The sampling temperature (0: greedy). Scoring these completions for a ratio must use
     # the same one: `completion_logprobs(..., temperature=gen.temperature)`.
     temperature: float = 1.0
-
-
-def position_ids_from_mask(mask: Tensor) -> Tensor:
-    """Positions that count only attended tokens, so left padding does not shift them."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -344,58 +339,3 @@ def _stack_right_padded(
     mask = torch.cat([pad(mask, False) for _, mask, _ in pieces])
     logprobs = torch.cat([pad(lp, 0.0) for _, _, lp in pieces])
     return ids, mask, logprobs
-
-
-def completion_logprobs(
-    model: PreTrainedModel,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    micro_batch_size: int | None = None,
-    temperature: float = 1.0,
-) -> Tensor:
-    """log pi(completion token | prompt, earlier tokens), [B, L] float32, 0 where masked.
-
-    pi is softmax(logits / temperature): pass the sampling temperature so these are the
-    log-probs of the distribution the completions were drawn from (`Generation.logprobs`).
-
-    Differentiable: call it under ``torch.no_grad()`` for old/reference log-probs. One
-    forward over ``[prompt | completion]``; only the L positions that predict completion
-    tokens go through the vocab projection. ``micro_batch_size`` chunks rows to bound
-    activation memory and gives the same result. Dropout is the caller's business: use
-    ``model.eval()`` for log-probs that match the sampler's.
-    """
-    rows = prompt_ids.shape[0]
-    step = micro_batch_size or rows
-    parts = [
-        _completion_logprobs_chunk(
-            model,
-            prompt_ids[i : i + step],
-            prompt_mask[i : i + step],
-            completion_ids[i : i + step],
-            completion_mask[i : i + step],
-            temperature,
-        )
-        for i in range(0, rows, step)
-    ]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
-def _completion_logprobs_chunk(
-    model: PreTrainedModel,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    temperature: float,
-) -> Tensor:
-    mask = torch.cat([prompt_mask, completion_mask], dim=1).bool()
-    inputs = {
-        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
-        "attention_mask": mask,
-        "position_ids": position_ids_from_mask(mask),
-        "use_cache": False,
-    }
-    logprobs = model_token_logprobs(model, inputs, completion_ids, temperature)
-    return logprobs.masked_fill(~completion_mask.bool(), 0.0)

@@ -22,9 +22,9 @@ from tic_grpo_cli.algorithms import ALGORITHMS
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.encoding import ChatPrompt
 from tic_grpo_cli.errors import UserError
+from tic_grpo_cli.logprobs import completion_logprobs
 from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.runs.files import read_jsonl
-from tic_grpo_cli.sampling import completion_logprobs
 from tic_grpo_cli.train.loop import seed_everything, train
 from tic_grpo_cli.train.policy import Policy, lr_lambda
 from tic_grpo_cli.train.rollout import PromptSampler, collect_rollout

@@ -26,9 +26,10 @@ from tic_grpo_cli.algorithms import (
     kl_penalty,
     mismatch_stats,
 )
+from tic_grpo_cli.logprobs import completion_logprobs
 from tic_grpo_cli.runtime import distributed
 from tic_grpo_cli.runtime.distributed import Dist, reduction
-from tic_grpo_cli.sampling import Generation, completion_logprobs
+from tic_grpo_cli.sampling import Generation
 from tic_grpo_cli.train.policy import Policy
 from tic_grpo_cli.train.rollout import Rollout
 
