@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tic_grpo_cli.logprobs import completion_logprobs
 from tic_grpo_cli.sampling import (
-    completion_logprobs,
     eos_token_ids,
     generate,
     sample_next,
