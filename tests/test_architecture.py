@@ -16,8 +16,9 @@ import tic_grpo_cli
 PACKAGE = Path(tic_grpo_cli.__file__).parent
 # Low to high; a part imports only parts of lower layers, never one beside it or above.
 LAYERS = (
-    ("errors",),
+    ("errors", "assets"),
     ("runtime",),
+    ("lora", "encoding", "logprobs"),
     ("models", "sampling"),
     ("runs",),
     ("config",),

@@ -16,10 +16,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tests.conftest import SMALL_RUN, compose_config
+from tic_grpo_cli.assets import TINY_DIR
 from tic_grpo_cli.config.schema import DatasetConfig, ModelConfig
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.models import TINY_DIR, load_model_and_tokenizer, load_tokenizer
+from tic_grpo_cli.models import load_model_and_tokenizer, load_tokenizer
 from tic_grpo_cli.sampling import generate
 
 CPU = torch.device("cpu")

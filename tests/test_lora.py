@@ -26,11 +26,12 @@ from safetensors.torch import load_file
 from tests.conftest import compose_config
 from tests.test_models import smollm2_installed
 from tic_grpo_cli import lora
+from tic_grpo_cli.assets import TINY_DIR
 from tic_grpo_cli.config.schema import ConfigError, LoraConfig, ModelConfig, register_configs
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.evaluation.targets import checkpoint_model_config
 from tic_grpo_cli.logprobs import completion_logprobs
-from tic_grpo_cli.models import TINY_DIR, export_model, load_model_and_tokenizer
+from tic_grpo_cli.models import export_model, load_model_and_tokenizer
 from tic_grpo_cli.runs import checkpoint as ckpt
 from tic_grpo_cli.runs import policy_checkpoint
 from tic_grpo_cli.runs.files import read_jsonl

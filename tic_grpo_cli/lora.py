@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tic_grpo_cli.assets import EMBEDDED
 from tic_grpo_cli.errors import UserError
 
 if TYPE_CHECKING:  # torch and peft load only when a LoRA model does: checkpoint checks are light
@@ -124,8 +125,6 @@ def merge_saved_adapter(model: Any, adapter: Path) -> Any:
 def base_reference(model_cfg: dict[str, Any]) -> str:
     """What an adapter's `base_model_name_or_path` names: an embedded or local model's
     absolute directory, else the hub name (also a GGUF model's label)."""
-    from tic_grpo_cli.models import EMBEDDED
-
     name = str(model_cfg["name_or_path"])
     return str(EMBEDDED[name]) if name in EMBEDDED else str(_absolute_if_local(name))
 
@@ -153,8 +152,6 @@ def save_adapter(
 
 
 def _absolute_if_local(name: str | None) -> str | None:
-    from tic_grpo_cli.models import EMBEDDED
-
     if name is None or str(name) in EMBEDDED:
         return name
     path = Path(str(name)).expanduser()

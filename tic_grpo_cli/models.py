@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from tic_grpo_cli import lora
+from tic_grpo_cli.assets import EMBEDDED
 from tic_grpo_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 # reports what it saved itself.
 hf_logging.disable_progress_bar()
 
-TINY_DIR = Path(__file__).parent / "assets" / "tiny"
-EMBEDDED = {"tiny": TINY_DIR, "tiny_chain": TINY_DIR.parent / "tiny_chain"}
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 # Seconds the hub gets to answer whether a model exists (one request, no retries).
 HUB_TIMEOUT_S = 5.0

@@ -17,7 +17,7 @@ from tic_grpo_cli.evaluation.run_config import adopt_run_config
 from tic_grpo_cli.runs.files import read_jsonl
 from tic_grpo_cli.train.loop import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MY_TASK = [
     "dataset=jsonl",
     f"dataset.path={ROOT / 'examples' / 'my_task'}",

@@ -90,7 +90,8 @@ def test_score_rows_of_a_completions_list_carry_each_term_per_completion(tmp_pat
     rows = [{"completions": ["<a>5</a>", "5", "4"], "answer": "5"}]
     source = write_jsonl(tmp_path / "predictions.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    args = ["scorer=number", "reward.format_pattern=<a>.*</a>", "reward.format_weight=0.5"]
+    # Quoted as a shell passes 'reward.format_pattern="<a>.*</a>"': Hydra's grammar needs it.
+    args = ["scorer=number", 'reward.format_pattern="<a>.*</a>"', "reward.format_weight=0.5"]
     assert main(["score", f"input={source}", *args, f"output={out}"]) == 0
     (row,) = read_jsonl(out)
     assert row["reward/correct"] == [1.0, 1.0, 0.0]

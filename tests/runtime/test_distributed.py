@@ -33,11 +33,12 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.conftest import compose_config
+from tic_grpo_cli.assets import TINY_DIR
 from tic_grpo_cli.config.schema import ConfigError
 from tic_grpo_cli.config.validation import validate_train
 from tic_grpo_cli.data import build_task
 from tic_grpo_cli.errors import UserError
-from tic_grpo_cli.models import TINY_DIR, load_model_and_tokenizer
+from tic_grpo_cli.models import load_model_and_tokenizer
 from tic_grpo_cli.runs import policy_checkpoint
 from tic_grpo_cli.runs.files import read_jsonl
 from tic_grpo_cli.runtime import distributed, launch

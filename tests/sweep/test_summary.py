@@ -372,7 +372,7 @@ def test_real_two_by_two_sweep(tmp_path):
         import tic_grpo_cli.train.loop  # noqa: F401
     except ImportError as err:
         pytest.skip(f"trainer not available: {err}")
-    from tic_grpo_cli.models import TINY_DIR
+    from tic_grpo_cli.assets import TINY_DIR
 
     if not (TINY_DIR / "config.json").exists():
         pytest.skip("the embedded tiny model is not built (scripts/build_tiny_model.py)")

@@ -143,7 +143,11 @@ def check(
     try:
         overrides = OverridesParser.create().parse_overrides(_override_args(args))
     except OverrideParseException as err:
-        raise UserError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot parse the overrides: {str(err).splitlines()[0]}; quote a value with "
+            "characters such as < > * ( ) [ ] { } , = : as key='\"value\"' (Hydra's "
+            "override grammar)"
+        ) from None
     multirun = bool({"-m", "--multirun"} & set(args))
     sweeps = [o for o in overrides if o.is_sweep_override()]
     shows_config = bool(SHOW_CONFIG & set(args))
