@@ -9,6 +9,11 @@ folders (`data/test_chain.py`, `analysis/studies/test_chain.py`) do not collide.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -17,6 +22,7 @@ from omegaconf import DictConfig
 
 from tic_grpo_cli.config.overrides import composition_error
 from tic_grpo_cli.config.schema import register_configs
+from tic_grpo_cli.runs.files import read_jsonl
 from tic_grpo_cli.runs.run_dir import register_resolvers
 
 # Hub names must never trigger a download here; loading code is tested on local paths.
@@ -54,6 +60,36 @@ def compose_config(*overrides: str, name: str = "train", hydra: bool = False) ->
             return compose(name, overrides=list(overrides), return_hydra_config=hydra)
         except HydraException as err:
             raise composition_error(err, list(overrides)) from err
+
+
+def kill_and_resume(
+    tmp_path: Path, overrides: list[str], timeout: int = 300, saved_at: int = 4
+) -> tuple[Path, Path]:
+    """Two `tic-grpo train <overrides>` runs in subprocesses under tmp_path: `full`,
+    uninterrupted, and `killed`, SIGKILLed once rows past its step-`saved_at` checkpoint are
+    logged (so resuming must drop them) and then resumed with `resume=auto`. Returns
+    (full, killed): an exact resume makes their metrics.jsonl equal but for timings."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    base = [sys.executable, "-m", "tic_grpo_cli", "train", *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    subprocess.run([*base, f"hydra.run.dir={full}"], check=True, env=env,
+                   capture_output=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.Popen([*base, f"hydra.run.dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not any(
+            r.get("step", 0) > saved_at for r in read_jsonl(killed / "metrics.jsonl")
+        ):
+            time.sleep(0.02)
+    finally:  # a test timeout too must not leave the run training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (killed / "checkpoints" / f"step_{saved_at}").is_dir()
+    assert not (killed / "summary.json").exists()
+    subprocess.run([*base, f"hydra.run.dir={killed}", "resume=auto"], check=True, env=env,
+                   capture_output=True, timeout=timeout)  # fmt: skip
+    return full, killed
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +19,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, kill_and_resume
 from tests.test_models import smollm2_installed
 from tic_grpo_cli import lora
 from tic_grpo_cli.assets import TINY_DIR
@@ -211,34 +207,6 @@ def test_optimizer_state_is_restored_by_name_and_reads_older_positional_states()
 
 
 # ------------------------------------------------------------------ resume
-
-
-def kill_and_resume(
-    tmp_path: Path, overrides: list[str], timeout: int, saved_at: int = 4
-) -> tuple[Path, Path]:
-    """An uninterrupted run and one SIGKILLed past its step-`saved_at` checkpoint, then
-    resumed."""
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    base = [sys.executable, "-m", "tic_grpo_cli", "train", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    subprocess.run([*base, f"hydra.run.dir={full}"], check=True, env=env,
-                   capture_output=True, timeout=timeout)  # fmt: skip
-    proc = subprocess.Popen([*base, f"hydra.run.dir={killed}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline and not any(
-            r.get("step", 0) > saved_at for r in read_jsonl(killed / "metrics.jsonl")
-        ):
-            time.sleep(0.02)
-    finally:  # a test timeout too must not leave the run training
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert (killed / "checkpoints" / f"step_{saved_at}").is_dir()
-    assert not (killed / "summary.json").exists()
-    subprocess.run([*base, f"hydra.run.dir={killed}", "resume=auto"], check=True, env=env,
-                   capture_output=True, timeout=timeout)  # fmt: skip
-    return full, killed
 
 
 def assert_same_run(full: Path, killed: Path, base: str) -> None:

@@ -15,11 +15,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tic_grpo_cli.assets import TINY_DIR
 from tic_grpo_cli.config.schema import HardwareConfig, LoraConfig, ModelConfig
 from tic_grpo_cli.data.arithmetic import generate
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.models import (
-    TINY_DIR,
     export_model,
     load_model_and_tokenizer,
     resolve_device,

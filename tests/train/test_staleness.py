@@ -7,16 +7,10 @@ rollout (staleness d), or a run with a frozen policy (where staleness cannot mat
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, kill_and_resume
 from tests.train.test_loop import deterministic
 from tic_grpo_cli.algorithms import ALGORITHMS
 from tic_grpo_cli.data import build_task
@@ -227,24 +221,8 @@ def test_queue_checkpoint_round_trip_and_refusals():
 def test_resume_after_sigkill_matches_an_uninterrupted_stale_run(tmp_path):
     overrides = [*STALE_RUN, "trainer.staleness=2", "trainer.max_steps=14", "trainer.save_every=4",
                  "trainer.eval_every=4", "trainer.eval_limit=16"]  # fmt: skip
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    base = [sys.executable, "-m", "tic_grpo_cli", "train", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    subprocess.run([*base, f"hydra.run.dir={full}"], check=True, env=env, capture_output=True,
-                   timeout=300)  # fmt: skip
-    proc = subprocess.Popen([*base, f"hydra.run.dir={killed}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 240
     # Killed past the step-4 checkpoint, whose queue holds two rollouts not yet trained.
-    while time.time() < deadline and not any(
-        r.get("step", 0) > 5 for r in read_jsonl(killed / "metrics.jsonl")
-    ):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed / "checkpoints" / "step_4").is_dir()
-    subprocess.run([*base, f"hydra.run.dir={killed}", "resume=auto"], check=True, env=env,
-                   capture_output=True, timeout=300)  # fmt: skip
+    full, killed = kill_and_resume(tmp_path, overrides)
     a = deterministic(read_jsonl(full / "metrics.jsonl"))
     b = deterministic(read_jsonl(killed / "metrics.jsonl"))
     assert a == b

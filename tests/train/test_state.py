@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SMALL_RUN, compose_config
+from tests.conftest import SMALL_RUN, compose_config, kill_and_resume
 from tests.train.test_loop import deterministic
 from tic_grpo_cli.cli import main
 from tic_grpo_cli.errors import UserError
@@ -159,35 +159,7 @@ def test_the_command_printed_on_interrupt_continues_the_run_in_place(tmp_path):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     overrides = [*SMALL_RUN, "trainer.max_steps=12", "trainer.save_every=4", "trainer.eval_every=4"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    base = [sys.executable, "-m", "tic_grpo_cli", "train", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    subprocess.run(
-        [*base, f"hydra.run.dir={full}"], check=True, env=env, capture_output=True, timeout=300
-    )
-    proc = subprocess.Popen(
-        [*base, f"hydra.run.dir={killed}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    # Kill once rows past the step-4 checkpoint are logged, so resuming must drop them.
-    while time.time() < deadline and not any(
-        r.get("step", 0) > 4 for r in read_jsonl(killed / "metrics.jsonl")
-    ):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed / "checkpoints" / "step_4").is_dir()
-    assert not (killed / "summary.json").exists()
-    subprocess.run(
-        [*base, f"hydra.run.dir={killed}", "resume=auto"],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
+    full, killed = kill_and_resume(tmp_path, overrides)
     a = deterministic(read_jsonl(full / "metrics.jsonl"))
     b = deterministic(read_jsonl(killed / "metrics.jsonl"))
     assert a == b
