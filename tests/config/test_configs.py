@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,27 @@ def test_config_names_match_the_algorithm_library():
     assert {c.value for c in choices.Aggregation} == set(core.AGGREGATIONS)
     assert {c.value for c in choices.KlEstimator} == set(core.KL_ESTIMATORS)
     assert {c.value for c in choices.RolloutCorrection} == set(correction.CORRECTIONS)
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["dataset.path=my.jsonl"], "dataset.path"),  # the default arithmetic task
+        (["dataset.prompt_field=q"], "dataset.prompt_field"),
+        (["dataset=chain", "dataset.digits=3"], "dataset.digits"),
+        (
+            ["dataset=jsonl", "dataset.path=x.jsonl", "dataset.chain_length=8"],
+            "dataset.chain_length",
+        ),
+    ],
+)
+def test_a_dataset_key_its_kind_never_reads_is_refused(overrides, key):
+    """Set on a data set that does not read it, a key would be dropped in silence: the run
+    would train on another task than the user named."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: read only by"):
+        validate_train(compose_config(*overrides))
+
+
+@pytest.mark.parametrize("preset", ["chain_lr_grid", "staleness_lr_grid", "chain", "paper_table2"])
+def test_presets_set_only_keys_their_data_set_reads(preset):
+    validate_train(compose_config(f"experiment={preset}"))

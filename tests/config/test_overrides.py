@@ -92,7 +92,11 @@ def test_valid_overrides_pass():
         validate_train,
     )
     # A free-form value (an Any field) may take sub-keys; Hydra's flags are left to Hydra.
-    overrides.check("train", ["+dataset.data_files.train=a.jsonl", "--cfg", "job"], validate_train)
+    overrides.check(
+        "train",
+        ["dataset=jsonl", "dataset.path=a", "+dataset.data_files.train=a.jsonl", "--cfg", "job"],
+        validate_train,
+    )
     overrides.check("eval", ["checkpoint.path=x", "eval.num_samples=4", "eval.temperature=1"])
 
 

@@ -166,8 +166,10 @@ class DatasetConfig:
 
 
 # Dataset keys that only some kinds read (data/embedded.py, data/hf.py); every other key
-# (seed, test_size, the prompt and reward keys, max_completion_length) applies to all.
-# `--cfg job` shows a dataset the keys of its own kind only (config/shown.py).
+# (seed, test_size, test_split, skip_bad_rows, the prompt and reward keys, the lengths)
+# applies to all. `--cfg job` shows a dataset the keys of its own kind only
+# (config/shown.py), and one set away from its default on another kind is refused
+# (validation._check_kind_keys).
 EMBEDDED_KINDS = ("arithmetic", "countdown", "chain")
 DATASET_KIND_KEYS = {
     "train_size": EMBEDDED_KINDS,
@@ -178,8 +180,8 @@ DATASET_KIND_KEYS = {
     "max_target": ("countdown",),
     "chain_length": ("chain",),
     **dict.fromkeys(
-        ("path", "config_name", "data_files", "cache_dir", "train_split", "test_split",
-         "prompt_field", "answer_field", "skip_bad_rows"),
+        ("path", "config_name", "data_files", "cache_dir", "train_split", "prompt_field",
+         "answer_field"),
         ("hf",),
     ),
 }  # fmt: skip

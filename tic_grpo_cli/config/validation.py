@@ -19,7 +19,7 @@ from tic_grpo_cli.config.choices import (
     CHAT_TEMPLATE_MODES,
     COUNTDOWN_OPERATORS,
 )
-from tic_grpo_cli.config.schema import ConfigError
+from tic_grpo_cli.config.schema import DATASET_KIND_KEYS, ConfigError, DatasetConfig
 from tic_grpo_cli.errors import did_you_mean, suggest
 
 
@@ -39,6 +39,22 @@ def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> None:
         raise not_one_of(key, value, allowed)
 
 
+def _check_kind_keys(data: DictConfig) -> None:
+    """Refuse a key this kind of data set never reads, set away from its default: without
+    it, `dataset.path=my.jsonl` on the default arithmetic task would train on arithmetic."""
+    defaults = vars(DatasetConfig())  # default_factory fields (operators) included
+    for key, kinds in DATASET_KIND_KEYS.items():
+        value = data.get(key)
+        if data.kind in kinds or value == defaults.get(key):
+            continue
+        hint = "add dataset=jsonl (a local file) or dataset=hf" if "hf" in kinds else (
+            f"pick a data set of kind {' or '.join(kinds)} (dataset=...)")  # fmt: skip
+        raise ConfigError(
+            f"dataset.{key}: read only by data sets of kind {', '.join(kinds)}, and this one "
+            f"is {data.kind}; {hint}, or drop the key"
+        )
+
+
 def _validate_dataset(data: DictConfig) -> None:
     # YAML reads `true` as a bool, which the str field stores as "True".
     _one_of(str(data.use_chat_template).lower(), CHAT_TEMPLATE_MODES, "dataset.use_chat_template")
@@ -48,6 +64,7 @@ def _validate_dataset(data: DictConfig) -> None:
         "dataset.max_prompt_length",
         "must be >= 1 or null (no limit)",
     )
+    _check_kind_keys(data)
     if data.kind == "hf":
         _check(bool(data.path), "dataset.path", "required for kind=hf (a hub name or a file)")
         _check(
