@@ -56,5 +56,9 @@ def test_training_on_the_cpu_sets_malloc_up(monkeypatch, tmp_path):
 
     calls = []
     monkeypatch.setattr(loop, "return_freed_memory", lambda: calls.append(1) or True)
-    loop.train(compose_config(*SMALL_RUN, "trainer.max_steps=2", "trainer.eval_every=0"), tmp_path)
+    cfg = compose_config(*SMALL_RUN, "trainer.max_steps=2", "trainer.eval_every=0")
+    loop.train(cfg, tmp_path / "tiny")
+    assert calls == []  # 1M parameters: RSS is no concern, the page faults would be
+    monkeypatch.setattr(loop, "FREE_MEMORY_FROM", 1)  # as if the model were large
+    loop.train(cfg, tmp_path / "large")
     assert calls == [1]

@@ -72,6 +72,11 @@ from tic_grpo_cli.train.state import load as load_checkpoint_state
 from tic_grpo_cli.train.update import policy_update
 
 log = logging.getLogger("tic_grpo")
+# Parameters from which a CPU run hands freed tensor memory back to the OS (runtime/memory.py):
+# SmolLM2-135M's peak RSS 9.7 -> 2.7 GB (docs/benchmarks.md, "Memory"), but the page faults
+# cost the 1M-parameter tiny model ~10% of its run time (37.7 s against 34.1 s for 300 steps,
+# 5 interleaved pairs, 2026-12-06), where RSS is no concern.
+FREE_MEMORY_FROM = 20_000_000
 
 
 class StopFlag:
@@ -179,8 +184,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = run_dirs.shared(run_dir, dist)
     dist.share(tr.minibatch_size, "trainer.minibatch_size")  # fails before anything loads
     device = resolve_device(hw)
-    if device.type == "cpu":
-        return_freed_memory()  # RSS follows the live tensors, step after step (memory.py)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", hw.nproc_per_node))
     threads = CpuThreads(hw.num_threads, share=local_ranks)
     threads.start()
@@ -194,6 +197,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(policy_model_config(cfg, source))
     task, train_split = build_train_task(cfg, tokenizer)
     policy = load_policy(cfg, dist, device, dtype, source, tokenizer)
+    size = sum(p.numel() for p in policy.model.parameters())
+    if device.type == "cpu" and size >= FREE_MEMORY_FROM:
+        return_freed_memory()  # RSS follows the live tensors, step after step (memory.py)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     sampler = PromptSampler(len(train_split), cfg.seed, **(saved or {}).get("sampler", {}))
     state = TrainState()
