@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tic_grpo_cli.encoding import encode_prompts
 from tic_grpo_cli.logprobs import position_ids_from_mask, token_logprobs
+from tic_grpo_cli.lora import is_peft
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -265,9 +266,7 @@ def _cache_keyword(model: PreTrainedModel) -> str:
     `past_key_values` to `cache` within 5.x: 5.17 (the GPU machines' image) knows only the
     old name and would drop `cache=` into **kwargs; 5.25 still takes the old one, with a
     deprecation warning. A peft or torch.compile wrapper forwards **kwargs: look through it."""
-    inner = model
-    if hasattr(inner, "get_base_model"):  # peft
-        inner = inner.get_base_model()
+    inner = model.get_base_model() if is_peft(model) else model
     inner = getattr(inner, "_orig_mod", inner)  # torch.compile
     parameters = inspect.signature(inner.forward).parameters
     return (

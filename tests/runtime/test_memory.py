@@ -52,13 +52,14 @@ def test_freed_tensors_leave_rss_once_the_trainer_set_malloc_up():
 
 def test_training_on_the_cpu_sets_malloc_up(monkeypatch, tmp_path):
 
+    from tic_grpo_cli.runtime import memory
     from tic_grpo_cli.train import loop
 
     calls = []
-    monkeypatch.setattr(loop, "return_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append(1) or True)
     cfg = compose_config(*SMALL_RUN, "trainer.max_steps=2", "trainer.eval_every=0")
     loop.train(cfg, tmp_path / "tiny")
     assert calls == []  # 1M parameters: RSS is no concern, the page faults would be
-    monkeypatch.setattr(loop, "FREE_MEMORY_FROM", 1)  # as if the model were large
+    monkeypatch.setattr(memory, "FREE_MEMORY_FROM", 1)  # as if the model were large
     loop.train(cfg, tmp_path / "large")
     assert calls == [1]

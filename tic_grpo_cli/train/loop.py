@@ -40,7 +40,7 @@ from tic_grpo_cli.runs.files import atomic_write_json
 from tic_grpo_cli.runs.policy_checkpoint import save_checkpoint
 from tic_grpo_cli.runtime import launch
 from tic_grpo_cli.runtime.distributed import Dist
-from tic_grpo_cli.runtime.memory import return_freed_memory
+from tic_grpo_cli.runtime.memory import free_memory_for
 from tic_grpo_cli.runtime.threads import CpuThreads
 from tic_grpo_cli.train.periodic_eval import TrainEval
 from tic_grpo_cli.train.policy import Policy, load_policy, policy_model_config
@@ -57,7 +57,6 @@ from tic_grpo_cli.train.rollout import (
     PromptSampler,
     collect_rollout,
     gather_rollout,
-    rollout_metrics,
 )
 from tic_grpo_cli.train.signals import LearningSignals
 from tic_grpo_cli.train.staleness import QueuedRollout, RolloutQueue, rollouts_needed
@@ -72,11 +71,6 @@ from tic_grpo_cli.train.state import load as load_checkpoint_state
 from tic_grpo_cli.train.update import policy_update
 
 log = logging.getLogger("tic_grpo")
-# Parameters from which a CPU run hands freed tensor memory back to the OS (runtime/memory.py):
-# SmolLM2-135M's peak RSS 9.7 -> 2.7 GB (docs/benchmarks.md, "Memory"), but the page faults
-# cost the 1M-parameter tiny model ~10% of its run time (37.7 s against 34.1 s for 300 steps,
-# 5 interleaved pairs, 2026-12-06), where RSS is no concern.
-FREE_MEMORY_FROM = 20_000_000
 
 
 class StopFlag:
@@ -197,9 +191,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(policy_model_config(cfg, source))
     task, train_split = build_train_task(cfg, tokenizer)
     policy = load_policy(cfg, dist, device, dtype, source, tokenizer)
-    size = sum(p.numel() for p in policy.model.parameters())
-    if device.type == "cpu" and size >= FREE_MEMORY_FROM:
-        return_freed_memory()  # RSS follows the live tensors, step after step (memory.py)
+    free_memory_for(policy.model, device)  # a large model's RSS follows its live tensors
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     sampler = PromptSampler(len(train_split), cfg.seed, **(saved or {}).get("sampler", {}))
     state = TrainState()
@@ -253,13 +245,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             # Metrics and samples describe the whole batch, whatever the number of ranks.
             rollout = gather_rollout(item.rollout, dist, tr.group_size)
             before = state.step
-            tokens = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
+            tokens, metrics = report(logger, state, rollout, step_rows, timing, cfg, dist.is_main)
             state.tokens += tokens
-            if (warning := signals(rollout_metrics(rollout, tr.group_size))) and dist.is_main:
+            if (warning := signals(metrics)) and dist.is_main:
                 log.warning(warning)
-            progress.update(state.step, reward=float(rollout.rewards.mean()),
+            progress.update(state.step, reward=metrics["reward/mean"],
                             eval_accuracy=state.last_eval,
-                            tokens_per_s=tokens / (item.seconds + t2 - t1))  # fmt: skip
+                            tokens_per_s=metrics["throughput/tokens_per_s"])  # fmt: skip
             if crossed(before, state.step, tr.log_every):
                 progress.beat()
             stop_if_diverged(tr, state, run_dir, logger)

@@ -36,11 +36,12 @@ def crossed(before: int, after: int, every: int) -> bool:
 def report(
     logger: RunLogger, state: TrainState, rollout, step_rows: list[dict[str, Any]],
     timing: dict[str, float], cfg: DictConfig, is_main: bool,
-) -> int:  # fmt: skip
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
     """Log one metrics row per optimizer step of the rollout (its metrics, `timing` and the
     step's own), the console line every `log_every` steps and samples every
     `log_samples_every`; count non-finite updates (skipped by the inner loop). Returns the
-    rollout's completion tokens."""
+    rollout's completion tokens and the metrics its rows share (rollout metrics, timing,
+    tokens/s), for the loop's warnings and progress line."""
     tr, before = cfg.trainer, state.step
     tokens = int(rollout.gen.completion_mask.sum())
     seconds = timing["time/rollout_s"] + timing["time/update_s"]
@@ -64,7 +65,7 @@ def report(
         samples = pick_samples(rollout)
         logger.log_samples(state.step, samples)
         print_samples(samples, state.step)
-    return tokens
+    return tokens, shared
 
 
 def stop_if_diverged(tr: DictConfig, state: TrainState, run_dir: Path, logger) -> None:

@@ -26,8 +26,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from tic_grpo_cli.errors import UserError
 from tic_grpo_cli.runtime.distributed import Dist
 from tic_grpo_cli.sampling import Generation
@@ -59,9 +57,6 @@ class RolloutQueue:
             raise ValueError(f"staleness must be >= 0, got {staleness}")
         self.staleness = staleness
         self.items: deque[QueuedRollout] = deque()
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def push(self, item: QueuedRollout) -> None:
         self.items.append(item)
@@ -135,10 +130,3 @@ def _from_plain(data: dict[str, Any]) -> QueuedRollout:
     rollout = Rollout(gen, data["examples"], *(data[k] for k in _ROLLOUT_TENSORS),
                       data["terms"])  # fmt: skip
     return QueuedRollout(rollout, data["index"], data["version"], data["seconds"], data["epoch"])
-
-
-def queue_bytes(item: QueuedRollout) -> int:
-    """Bytes of tensor data one queued rollout adds to a checkpoint (texts not counted)."""
-    g, r = item.rollout.gen, item.rollout
-    tensors = [getattr(g, k) for k in _GEN_TENSORS] + [getattr(r, k) for k in _ROLLOUT_TENSORS]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))

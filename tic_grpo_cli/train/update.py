@@ -192,7 +192,7 @@ def minibatch_step(
         share = len(chunk) / len(rows)
         merge_stats(moments, diagnostics.ratio_moments(
             logprobs, anchors.old(chunk), mask[chunk], alg.epsilon_high), share)  # fmt: skip
-        if behaviour_stats:
+        if behaviour_stats and not anchors.from_sampler:  # anchored at mu: `moments` are these
             merge_stats(towards_mu, diagnostics.ratio_moments(
                 logprobs, anchors.behaviour[chunk], mask[chunk], alg.epsilon_high), share)  # fmt: skip
     if policy.frozen is not None:
@@ -224,7 +224,7 @@ def minibatch_step(
         row[_NAMED_STATS.get(key, f"stats/{key}")] = value
     row.update(prefixed(diagnostics.finish(moments), "ratio_diag/"))
     if behaviour_stats:
-        towards_mu = dist.average_stats(towards_mu)
+        towards_mu = moments if anchors.from_sampler else dist.average_stats(towards_mu)
         row.update(prefixed(behaviour_diagnostics(towards_mu), "behaviour/"))
     return row
 

@@ -30,6 +30,7 @@ from tic_grpo_cli.analysis.studies.common import (
     lr_text,
     main_variant,
     paired_table,
+    parse_thresholds,
     reach,
     study_records,
 )
@@ -272,16 +273,6 @@ def report(
     return text
 
 
-def _thresholds(text: str) -> dict[int, float]:
-    try:
-        pairs = [item.split("=") for item in text.split(",") if item]
-        return {int(length): float(value) for length, value in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected chain_length=accuracy pairs, e.g. 4=0.7,8=0.25"
-        ) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="tic-grpo analyze chain-study",
@@ -291,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the study's results dir")
     p.add_argument(
         "--thresholds",
-        type=_thresholds,
+        type=parse_thresholds,
         default={},
         help="test accuracy to reach per chain length, e.g. 4=0.7,8=0.25 (the default)",
     )

@@ -4,6 +4,7 @@ learning-rate grid's choice. `chain.py` and `staleness.py` build their tables fr
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -139,3 +140,14 @@ def main_variant(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return " ".join(extra) or f"not {main}"
 
     return [{**j, "variant": differs(j["variant"])} for j in jobs]
+
+
+def parse_thresholds(text: str) -> dict[int, float]:
+    """`--thresholds 4=0.7,8=0.25`: accuracy to reach, per chain length (argparse type)."""
+    try:
+        pairs = [item.split("=") for item in text.split(",") if item]
+        return {int(length): float(value) for length, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected chain_length=accuracy pairs, e.g. 4=0.7,8=0.25"
+        ) from None

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tic_grpo_cli.analysis.studies.chain import _thresholds
 from tic_grpo_cli.analysis.studies.common import (
     area_under_curve,
     final,
@@ -29,6 +28,7 @@ from tic_grpo_cli.analysis.studies.common import (
     lr_text,
     main_variant,
     paired_table,
+    parse_thresholds,
     reach,
     study_records,
 )
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tic-grpo analyze staleness-study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the study's results dir")
-    p.add_argument("--thresholds", type=_thresholds, default={},
+    p.add_argument("--thresholds", type=parse_thresholds, default={},
                    help="test accuracy to reach per chain length, e.g. 4=0.7,8=0.25 (the default)")  # fmt: skip
     p.add_argument("--img-dir", type=Path, default=None, help="where the plots go (default --dir)")
     args = p.parse_args(argv)
